@@ -1,1 +1,106 @@
-fn main() {}
+//! The `opentrail` binary. Thin: parses flags, sets up tracing, binds, and calls the library.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use opentrail_server::Settings;
+
+#[derive(Parser)]
+#[command(
+    name = "opentrail",
+    version,
+    about = "A self-hosted, CloudTrail-compatible audit trail"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text", env = "OPENTRAIL_LOG_FORMAT")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server with embedded storage.
+    Serve {
+        /// Data directory [default: ./opentrail-data; env OPENTRAIL_DATA_DIR].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on [default: 127.0.0.1:7433; env OPENTRAIL_LISTEN].
+        #[arg(long)]
+        listen: Option<String>,
+        /// TOML settings file; environment variables and flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            listen,
+            config,
+        } => {
+            let env: HashMap<String, String> = std::env::vars().collect();
+            let mut settings = Settings::load(config.as_deref(), &env)?;
+            if let Some(d) = data_dir {
+                settings.data_dir = d;
+            }
+            if let Some(l) = listen {
+                settings.listen = l;
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(&settings.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", settings.listen))?;
+                opentrail_server::run(listener, settings, shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+    }
+}

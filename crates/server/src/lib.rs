@@ -1,1 +1,127 @@
-//! placeholder
+//! The OpenTrail server: wires the event log, the history index and the HTTP API together.
+//!
+//! Data flow: `POST /v1/events` (ingest) and every CloudTrail API call's self-audit record are
+//! appended to the event log and acknowledged after fsync. The history index worker follows the
+//! log from its own cursor; LookupEvents reads the index. See `ARCHITECTURE.md`.
+//!
+//! [`run`] serves on a listener the caller bound (tests use port 0) until `shutdown` resolves,
+//! then lets in-flight calls finish, stops the workers, persists the index and closes the log.
+
+mod api;
+mod audit;
+pub mod config;
+mod http;
+mod ingest;
+mod lookup;
+mod views;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use opentrail_index::{HistoryIndex, IndexError};
+use opentrail_log::{EventLog, LogConfig, LogError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::{ConfigError, Settings};
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid settings: {0}")]
+    Config(#[from] ConfigError),
+    #[error("event log: {0}")]
+    Log(#[from] LogError),
+    #[error("history index: {0}")]
+    Index(#[from] IndexError),
+    #[error("http server: {0}")]
+    Http(#[from] std::io::Error),
+    #[error("a startup task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Shared state of the running server.
+pub(crate) struct App {
+    pub settings: Settings,
+    pub log: EventLog,
+    pub index: HistoryIndex,
+}
+
+impl App {
+    pub fn now_ms() -> i64 {
+        jiff::Timestamp::now().as_millisecond()
+    }
+
+    pub fn retention_cutoff_ms(&self) -> i64 {
+        let keep = i64::try_from(self.settings.history_retention.as_millis()).unwrap_or(i64::MAX);
+        Self::now_ms().saturating_sub(keep)
+    }
+}
+
+/// Runs the server on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    settings.validate()?;
+    let data_dir = settings.data_dir.clone();
+    let segment_bytes = settings.log_segment_bytes;
+    let (log, index) = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+        std::fs::create_dir_all(&data_dir)?;
+        let mut log_config = LogConfig::new(data_dir.join("log"));
+        log_config.segment_bytes = segment_bytes;
+        let (log, report) = EventLog::open(log_config)?;
+        tracing::info!(
+            segments = report.segments,
+            next_seq = report.next_seq,
+            truncated_bytes = report.truncated_bytes,
+            "event log recovered"
+        );
+        let index = HistoryIndex::open(&data_dir.join("index"), log.clone())?;
+        Ok((log, index))
+    })
+    .await??;
+    let app = Arc::new(App {
+        settings,
+        log: log.clone(),
+        index: index.clone(),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let workers = views::spawn(Arc::clone(&app), stop_rx);
+
+    let router = Router::new()
+        .route("/", post(api::handle))
+        .route("/v1/events", post(ingest::handle))
+        .route("/health", get(http::health))
+        .route("/metrics", get(http::metrics))
+        .with_state(Arc::clone(&app));
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, account = %app.settings.account_id, region = %app.settings.region, "opentrail listening");
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+
+    tracing::info!("shutting down: stopping workers");
+    let _ = stop_tx.send(true);
+    for w in workers {
+        if let Err(e) = w.await {
+            tracing::error!(error = %e, "worker ended abnormally");
+        }
+    }
+    tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
+        index.persist()?;
+        log.close();
+        Ok(())
+    })
+    .await??;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

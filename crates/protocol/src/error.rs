@@ -1,0 +1,101 @@
+//! CloudTrail exceptions and their one mapping to the wire: `__type` and HTTP status.
+
+use serde::Serialize;
+
+use crate::ERROR_NAMESPACE;
+
+macro_rules! exceptions {
+    ($( $name:ident = $status:literal ),* $(,)?) => {
+        /// Every exception OpenTrail's CloudTrail API answers with.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Exception { $( $name, )* }
+
+        impl Exception {
+            /// The code botocore exposes (the `__type` after the `#`).
+            pub fn name(self) -> &'static str {
+                match self { $( Self::$name => stringify!($name), )* }
+            }
+
+            /// The HTTP status (Smithy `httpError`; 400 where the model has none).
+            pub fn status(self) -> u16 {
+                match self { $( Self::$name => $status, )* }
+            }
+        }
+    };
+}
+
+exceptions! {
+    AccessDeniedException = 403,
+    CloudTrailARNInvalidException = 400,
+    InternalFailure = 500,
+    InvalidEventCategoryException = 400,
+    InvalidLookupAttributesException = 400,
+    InvalidMaxResultsException = 400,
+    InvalidNextTokenException = 400,
+    InvalidParameterException = 400,
+    InvalidTimeRangeException = 400,
+    OperationNotPermittedException = 400,
+    SerializationException = 400,
+    ServiceUnavailable = 503,
+    ThrottlingException = 429,
+    TrailNotFoundException = 404,
+    UnknownOperationException = 400,
+    UnsupportedOperationException = 400,
+}
+
+/// An error answer: an exception and a message that says what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", exception.name())]
+pub struct ApiError {
+    pub exception: Exception,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    #[serde(rename = "__type")]
+    kind: String,
+    #[serde(rename = "Message")]
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(exception: Exception, message: impl Into<String>) -> Self {
+        Self {
+            exception,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.exception.status()
+    }
+
+    /// The JSON body: `{"__type": "<namespace>#<Name>", "Message": "..."}`.
+    pub fn body(&self) -> Vec<u8> {
+        let body = ErrorBody {
+            kind: format!("{ERROR_NAMESPACE}#{}", self.exception.name()),
+            message: &self.message,
+        };
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form() {
+        let e = ApiError::new(Exception::TrailNotFoundException, "Unknown trail: x");
+        assert_eq!(e.status(), 404);
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).expect("json");
+        assert_eq!(
+            v["__type"],
+            "com.amazonaws.cloudtrail.v20131101#TrailNotFoundException"
+        );
+        assert_eq!(v["Message"], "Unknown trail: x");
+        assert_eq!(Exception::InvalidMaxResultsException.status(), 400);
+        assert_eq!(Exception::ThrottlingException.status(), 429);
+    }
+}

@@ -1,0 +1,209 @@
+//! Self-audit: every CloudTrail API call made to OpenTrail becomes a CloudTrail record
+//! (eventSource `cloudtrail.amazonaws.com`), durable before the call is answered.
+
+use opentrail_log::NewRecord;
+use opentrail_model::record::{Record, UserIdentity};
+use opentrail_model::time::format_event_time;
+use opentrail_protocol::ApiError;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::App;
+use crate::api::CallContext;
+
+/// CloudTrail leaves out request parameters and response elements larger than this.
+const MAX_ELEMENTS_BYTES: usize = 100 * 1024;
+/// CloudTrail truncates these members at 1 KB.
+const MAX_SHORT: usize = 1024;
+
+pub(crate) enum Outcome<'a> {
+    Success { response: &'a [u8] },
+    Failure { error: &'a ApiError },
+}
+
+/// Why a self-audit record could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AuditError {
+    #[error("encoding the record: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("appending the record: {0}")]
+    Log(#[from] opentrail_log::LogError),
+}
+
+/// `LookupAttributes` → `lookupAttributes`, recursively, as CloudTrail writes request parameters.
+fn lower_camel(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut out = Map::with_capacity(m.len());
+            for (k, v) in m {
+                let mut chars = k.chars();
+                let key = match chars.next() {
+                    Some(c) => c.to_lowercase().chain(chars).collect(),
+                    None => k,
+                };
+                out.insert(key, lower_camel(v));
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(lower_camel).collect()),
+        other => other,
+    }
+}
+
+/// The JSON of a request or response body as CloudTrail records it; `null` when there is none,
+/// it is not an object, or it is too large.
+fn elements(body: &[u8]) -> Result<Box<RawValue>, serde_json::Error> {
+    let value = match serde_json::from_slice::<Value>(body) {
+        Ok(v @ Value::Object(_)) => lower_camel(v),
+        _ => Value::Null,
+    };
+    let text = serde_json::to_string(&value)?;
+    if text.len() > MAX_ELEMENTS_BYTES {
+        return RawValue::from_string("null".to_owned());
+    }
+    RawValue::from_string(text)
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() <= MAX_SHORT {
+        return s.to_owned();
+    }
+    let mut end = MAX_SHORT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// Builds the record of one call.
+pub(crate) fn build(
+    ctx: &CallContext,
+    event_name: &str,
+    read_only: bool,
+    request: &[u8],
+    outcome: &Outcome<'_>,
+) -> Result<Record, serde_json::Error> {
+    let identity = UserIdentity {
+        identity_type: Some("Root".to_owned()),
+        principal_id: Some(ctx.account.clone()),
+        arn: Some(format!("arn:aws:iam::{}:root", ctx.account)),
+        account_id: Some(ctx.account.clone()),
+        access_key_id: ctx.access_key_id.clone(),
+        ..UserIdentity::default()
+    };
+    let (error_code, error_message, response) = match outcome {
+        Outcome::Success { response } if !read_only => (None, None, elements(response)?),
+        Outcome::Success { .. } => (None, None, RawValue::from_string("null".to_owned())?),
+        Outcome::Failure { error } => (
+            Some(error.exception.name().to_owned()),
+            Some(truncate(&error.message)),
+            RawValue::from_string("null".to_owned())?,
+        ),
+    };
+    Ok(Record {
+        event_version: Some(opentrail_model::EVENT_VERSION.to_owned()),
+        user_identity: Some(identity),
+        event_time: Some(format_event_time(ctx.now_ms)),
+        event_source: Some("cloudtrail.amazonaws.com".to_owned()),
+        event_name: Some(event_name.to_owned()),
+        aws_region: Some(ctx.region.clone()),
+        source_ip_address: Some(ctx.source_ip.clone()),
+        user_agent: ctx.user_agent.as_deref().map(truncate),
+        error_code,
+        error_message,
+        request_parameters: Some(elements(request)?),
+        response_elements: Some(response),
+        request_id: Some(ctx.request_id.clone()),
+        event_id: Some(uuid::Uuid::new_v4().to_string()),
+        read_only: Some(read_only),
+        event_type: Some("AwsApiCall".to_owned()),
+        management_event: Some(true),
+        recipient_account_id: Some(ctx.account.clone()),
+        event_category: Some("Management".to_owned()),
+        ..Record::default()
+    })
+}
+
+/// Builds and durably appends the record of one call.
+pub(crate) async fn record(
+    app: &App,
+    ctx: &CallContext,
+    event_name: &str,
+    read_only: bool,
+    request: &[u8],
+    outcome: Outcome<'_>,
+) -> Result<(), AuditError> {
+    let record = build(ctx, event_name, read_only, request, &outcome)?;
+    let json = record.to_json()?;
+    // Event time has second precision, as CloudTrail writes it.
+    let time_ms = ctx.now_ms - ctx.now_ms.rem_euclid(1000);
+    app.log.append(vec![NewRecord { time_ms, json }]).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentrail_protocol::Exception;
+
+    fn ctx() -> CallContext {
+        CallContext {
+            account: "111122223333".into(),
+            region: "eu-west-1".into(),
+            source_ip: "127.0.0.1".into(),
+            user_agent: Some("aws-cli/1.40".into()),
+            access_key_id: Some("AKIAEXAMPLE".into()),
+            request_id: "req-1".into(),
+            now_ms: 1_767_323_045_123,
+        }
+    }
+
+    #[test]
+    fn records_read_calls_and_failures() {
+        let req = br#"{"LookupAttributes":[{"AttributeKey":"EventName","AttributeValue":"X"}],"MaxResults":51}"#;
+        let err = ApiError::new(
+            Exception::InvalidMaxResultsException,
+            "MaxResults must be 1 to 50",
+        );
+        let rec = build(
+            &ctx(),
+            "LookupEvents",
+            true,
+            req,
+            &Outcome::Failure { error: &err },
+        )
+        .expect("build");
+        let v: Value = serde_json::from_slice(&rec.to_json().expect("json")).expect("json");
+        assert_eq!(v["eventSource"], "cloudtrail.amazonaws.com");
+        assert_eq!(v["eventTime"], "2026-01-02T03:04:05Z");
+        assert_eq!(v["readOnly"], true);
+        assert_eq!(v["errorCode"], "InvalidMaxResultsException");
+        assert_eq!(
+            v["requestParameters"]["lookupAttributes"][0]["attributeKey"],
+            "EventName"
+        );
+        assert_eq!(v["requestParameters"]["maxResults"], 51);
+        assert!(v["responseElements"].is_null());
+        assert_eq!(v["userIdentity"]["arn"], "arn:aws:iam::111122223333:root");
+        assert_eq!(v["requestID"], "req-1");
+        assert_eq!(v["awsRegion"], "eu-west-1");
+    }
+
+    #[test]
+    fn writes_keep_their_response() {
+        let rec = build(
+            &ctx(),
+            "StartLogging",
+            false,
+            br#"{"Name":"t"}"#,
+            &Outcome::Success {
+                response: br#"{"Ok":true}"#,
+            },
+        )
+        .expect("build");
+        let v: Value = serde_json::from_slice(&rec.to_json().expect("json")).expect("json");
+        assert_eq!(v["requestParameters"], serde_json::json!({"name": "t"}));
+        assert_eq!(v["responseElements"], serde_json::json!({"ok": true}));
+        assert_eq!(v["readOnly"], false);
+    }
+}

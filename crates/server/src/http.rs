@@ -1,0 +1,116 @@
+//! Small HTTP helpers: reading bodies with a limit, JSON replies, health and metrics.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+
+use crate::App;
+
+/// Why a body could not be read.
+pub(crate) enum BodyError {
+    TooLarge,
+    Broken(String),
+}
+
+/// Reads a whole body, refusing it as soon as it passes `limit` bytes.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let mut body = body;
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > limit {
+                return Err(BodyError::TooLarge);
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn json_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+pub(crate) async fn health(State(app): State<Arc<App>>) -> Response {
+    if app.log.is_poisoned() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            br#"{"status":"unavailable","reason":"event log poisoned by a failed write; restart"}"#
+                .to_vec(),
+        );
+    }
+    json_response(
+        StatusCode::OK,
+        "application/json",
+        br#"{"status":"ok"}"#.to_vec(),
+    )
+}
+
+pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let end = app.log.durable_end();
+    let (syncs, appends) = app.log.stats();
+    let cursor = app.index.cursor().unwrap_or(0);
+    let mut s = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, value: u64| {
+        let _ = writeln!(
+            s,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "opentrail_log_next_seq",
+        "Next sequence number of the event log.",
+        "gauge",
+        end.next_seq,
+    );
+    metric(
+        "opentrail_log_group_commits_total",
+        "Group commits synced to disk.",
+        "counter",
+        syncs,
+    );
+    metric(
+        "opentrail_log_appends_total",
+        "Append calls acknowledged.",
+        "counter",
+        appends,
+    );
+    metric(
+        "opentrail_index_cursor",
+        "Next log sequence the history index has not applied.",
+        "gauge",
+        cursor,
+    );
+    metric(
+        "opentrail_index_lag",
+        "Records durable in the log but not yet in event history.",
+        "gauge",
+        end.next_seq.saturating_sub(cursor),
+    );
+    metric(
+        "opentrail_log_poisoned",
+        "1 if the event log refuses writes after a failure.",
+        "gauge",
+        u64::from(app.log.is_poisoned()),
+    );
+    let mut resp = s.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}

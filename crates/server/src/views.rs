@@ -1,0 +1,88 @@
+//! Background workers: the history index view (follows the event log from its cursor) and
+//! maintenance (history retention, log segment deletion). Each stops when told, within one step.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::App;
+
+/// Records applied to the index per atomic batch.
+const INDEX_BATCH: usize = 4096;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub(crate) fn spawn(app: Arc<App>, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(index_worker(Arc::clone(&app), stop.clone())),
+        tokio::spawn(maintenance(app, stop)),
+    ]
+}
+
+async fn index_worker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut durable = app.log.subscribe();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        durable.borrow_and_update();
+        let index = app.index.clone();
+        let cutoff = app.retention_cutoff_ms();
+        let applied =
+            tokio::task::spawn_blocking(move || index.apply_next(INDEX_BATCH, cutoff)).await;
+        match applied {
+            Ok(Ok(0)) => {
+                backoff = Duration::from_millis(100);
+                tokio::select! {
+                    changed = durable.changed() => if changed.is_err() { return },
+                    _ = stop.changed() => return,
+                }
+            }
+            Ok(Ok(_)) => backoff = Duration::from_millis(100),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, retry_in = ?backoff, "history index worker failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {},
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "history index task panicked");
+                return;
+            }
+        }
+    }
+}
+
+async fn maintenance(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(app.settings.maintenance_interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            _ = stop.changed() => return,
+        }
+        let app2 = Arc::clone(&app);
+        let done = tokio::task::spawn_blocking(move || -> Result<(usize, usize), String> {
+            let cutoff = app2.retention_cutoff_ms();
+            let days = app2.index.expire(cutoff).map_err(|e| e.to_string())?;
+            let floor = app2.index.cursor().map_err(|e| e.to_string())?;
+            let segments = app2
+                .log
+                .delete_segments(floor, cutoff)
+                .map_err(|e| e.to_string())?;
+            Ok((days, segments))
+        })
+        .await;
+        match done {
+            Ok(Ok((days, segments))) if days + segments > 0 => {
+                tracing::info!(days, segments, "retention removed expired history");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
+            Err(e) => tracing::error!(error = %e, "retention task panicked"),
+        }
+    }
+}
