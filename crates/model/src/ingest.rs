@@ -656,7 +656,8 @@ mod tests {
               "insightType": "ApiCallRateInsight",
               "insightContext": {"statistics": {"baseline": {"average": 0.5}, "insight": {"average": 9.0}, "insightDuration": 1}}}
         });
-        let out = accept_body(&body(&[insight.clone()]), &ctx()).expect("insight accepted");
+        let out =
+            accept_body(&body(std::slice::from_ref(&insight)), &ctx()).expect("insight accepted");
         let stored: Value = serde_json::from_slice(&out[0].json).expect("json");
         assert_eq!(stored["insightDetails"], insight["insightDetails"]);
         assert!(stored.get("managementEvent").is_none());

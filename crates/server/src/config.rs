@@ -218,8 +218,10 @@ mod tests {
             Settings::load(Some(&file), &HashMap::new()),
             Err(ConfigError::Toml { .. })
         ));
-        let mut s = Settings::default();
-        s.account_id = "12".into();
+        let s = Settings {
+            account_id: "12".into(),
+            ..Settings::default()
+        };
         assert!(s.validate().is_err());
     }
 }
