@@ -437,22 +437,31 @@ impl EventLog {
         Ok((Self { inner }, report))
     }
 
-    /// Appends records; resolves once they are durable (fsync), with their sequence numbers.
-    pub async fn append(&self, records: Vec<NewRecord>) -> Result<Appended, LogError> {
+    /// Queues records for the next group commit and returns at once; the receiver answers once
+    /// they are durable. Records queued before [`EventLog::close`] are written before it returns,
+    /// even if nobody waits for the answer.
+    pub fn submit(
+        &self,
+        records: Vec<NewRecord>,
+    ) -> Result<oneshot::Receiver<Result<Appended, LogError>>, LogError> {
+        let (reply, rx) = oneshot::channel();
         if records.is_empty() {
-            return Ok(Appended {
+            let _ = reply.send(Ok(Appended {
                 first_seq: self.durable_end().next_seq,
                 locations: Vec::new(),
-            });
+            }));
+            return Ok(rx);
         }
-        let (reply, rx) = oneshot::channel();
-        {
-            let queue = self.inner.queue.lock().map_err(|_| LogError::Poisoned)?;
-            let tx = queue.as_ref().ok_or(LogError::Closed)?;
-            tx.send(AppendRequest { records, reply })
-                .map_err(|_| LogError::Closed)?;
-        }
-        rx.await.map_err(|_| LogError::Closed)?
+        let queue = self.inner.queue.lock().map_err(|_| LogError::Poisoned)?;
+        let tx = queue.as_ref().ok_or(LogError::Closed)?;
+        tx.send(AppendRequest { records, reply })
+            .map_err(|_| LogError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Appends records; resolves once they are durable (fsync), with their sequence numbers.
+    pub async fn append(&self, records: Vec<NewRecord>) -> Result<Appended, LogError> {
+        self.submit(records)?.await.map_err(|_| LogError::Closed)?
     }
 
     /// The durable end of the log.

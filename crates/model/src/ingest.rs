@@ -154,33 +154,51 @@ pub struct Accepted {
     pub json: Vec<u8>,
 }
 
+/// The CloudTrail file envelope, read in one pass; other members are ignored.
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "Records", borrow, default)]
+    records: Option<Vec<&'a RawValue>>,
+}
+
 /// Splits a body into raw records: the CloudTrail file envelope or NDJSON.
 fn split_body(body: &[u8]) -> Result<Vec<&RawValue>, IngestError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| IngestError::whole(Reason::InvalidJson, format!("body is not UTF-8: {e}")))?;
-    if text.trim().is_empty() {
+    let trimmed = text.trim_start();
+    if trimmed.trim_end().is_empty() {
         return Err(IngestError::whole(
             Reason::InvalidData,
             "the body holds no records",
         ));
     }
-    if let Ok(single) = serde_json::from_str::<&RawValue>(text) {
-        let raw = single.get().trim_start();
-        if !raw.starts_with('{') {
+    if !trimmed.starts_with('{') {
+        return Err(IngestError::whole(
+            Reason::InvalidData,
+            "body must be {\"Records\":[...]} or newline-delimited JSON objects",
+        ));
+    }
+    // The common case: one JSON object, the envelope, parsed in a single pass.
+    match serde_json::from_str::<Envelope<'_>>(text) {
+        Ok(Envelope {
+            records: Some(list),
+        }) => return Ok(list),
+        Ok(Envelope { records: None }) => {
+            // One JSON object without Records: a single record.
+            return serde_json::from_str::<&RawValue>(text)
+                .map(|r| vec![r])
+                .map_err(|e| IngestError::whole(Reason::InvalidJson, e.to_string()));
+        }
+        Err(_) => {}
+    }
+    // Not one object: either an envelope whose Records is not an array, or NDJSON.
+    if let Ok(members) = serde_json::from_str::<HashMap<Cow<'_, str>, &RawValue>>(text) {
+        if members.contains_key("Records") {
             return Err(IngestError::whole(
                 Reason::InvalidData,
-                "body must be {\"Records\":[...]} or newline-delimited JSON objects",
+                "Records must be an array of records",
             ));
         }
-        let members: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_str(raw)
-            .map_err(|e| IngestError::whole(Reason::InvalidJson, e.to_string()))?;
-        if let Some(records) = members.get("Records") {
-            let list: Vec<&RawValue> = serde_json::from_str(records.get()).map_err(|_| {
-                IngestError::whole(Reason::InvalidData, "Records must be an array of records")
-            })?;
-            return Ok(list);
-        }
-        return Ok(vec![single]);
     }
     let mut out = Vec::new();
     for line in text.split('\n') {

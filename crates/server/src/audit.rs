@@ -124,7 +124,10 @@ pub(crate) fn build(
     })
 }
 
-/// Builds and durably appends the record of one call.
+/// Builds and appends the record of one call. A call that changes something is answered only
+/// after its record is durable; a read-only call's record is queued for the next group commit
+/// before the answer is sent (durable within milliseconds, without making every lookup wait for
+/// a disk sync).
 pub(crate) async fn record(
     app: &App,
     ctx: &CallContext,
@@ -137,7 +140,12 @@ pub(crate) async fn record(
     let json = record.to_json()?;
     // Event time has second precision, as CloudTrail writes it.
     let time_ms = ctx.now_ms - ctx.now_ms.rem_euclid(1000);
-    app.log.append(vec![NewRecord { time_ms, json }]).await?;
+    let pending = app.log.submit(vec![NewRecord { time_ms, json }])?;
+    if !read_only {
+        pending
+            .await
+            .map_err(|_| opentrail_log::LogError::Closed)??;
+    }
     Ok(())
 }
 

@@ -1,0 +1,656 @@
+//! `opentrail-bench`: durable ingest throughput and LookupEvents latency of OpenTrail, side by side
+//! with SQLite (WAL, `synchronous=FULL`, an index on (attribute, event time) for each lookup
+//! attribute) on the same generated events, in the same process, with ratios.
+//!
+//! OpenTrail is measured end to end over loopback HTTP (validation, JSON, the event log's fsync,
+//! and for lookups the self-audit record, which is also fsynced); SQLite in-process with no HTTP.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use rusqlite::{Connection, params};
+
+const ACCOUNT: &str = "111122223333";
+const TARGET: &str = "com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.LookupEvents";
+
+#[derive(Parser)]
+#[command(about = "OpenTrail vs SQLite: durable ingest and LookupEvents latency")]
+struct Args {
+    /// Events stored before the lookup benchmark.
+    #[arg(long, default_value_t = 1_000_000)]
+    lookup_events: usize,
+    /// Events per ingest configuration.
+    #[arg(long, default_value_t = 100_000)]
+    ingest_events: usize,
+    /// Lookups per engine.
+    #[arg(long, default_value_t = 2_000)]
+    lookups: usize,
+    /// Seed of the event generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Where to put both engines' data (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+}
+
+/// Deterministic xorshift64* generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const VERBS: [&str; 12] = [
+    "Create", "Delete", "Describe", "Get", "List", "Put", "Update", "Start", "Stop", "Attach",
+    "Detach", "Tag",
+];
+const NOUNS: [&str; 20] = [
+    "Instance", "Bucket", "User", "Role", "Policy", "Trail", "Volume", "Snapshot", "Key",
+    "Function", "Table", "Queue", "Topic", "Stack", "Cluster", "Image", "Subnet", "Vpc", "Alias",
+    "Group",
+];
+const SOURCES: [&str; 24] = [
+    "ec2",
+    "s3",
+    "iam",
+    "sts",
+    "kms",
+    "lambda",
+    "dynamodb",
+    "sqs",
+    "sns",
+    "cloudformation",
+    "rds",
+    "ecs",
+    "eks",
+    "logs",
+    "monitoring",
+    "cloudtrail",
+    "route53",
+    "elasticloadbalancing",
+    "autoscaling",
+    "ssm",
+    "secretsmanager",
+    "organizations",
+    "config",
+    "glue",
+];
+
+/// One generated event, with the attributes SQLite indexes.
+struct Generated {
+    event_id: String,
+    time_s: i64,
+    name: String,
+    source: String,
+    user: String,
+    key: String,
+    read_only: bool,
+    resource: String,
+    resource_type: String,
+    json: String,
+}
+
+fn generate(rng: &mut Rng, n: u64, now_s: i64) -> Generated {
+    let verb = VERBS[rng.below(VERBS.len() as u64) as usize];
+    let noun = NOUNS[rng.below(NOUNS.len() as u64) as usize];
+    let name = format!("{verb}{noun}");
+    let source = format!(
+        "{}.amazonaws.com",
+        SOURCES[rng.below(SOURCES.len() as u64) as usize]
+    );
+    let user = format!("user{:03}", rng.below(500));
+    let key = format!("AKIA{:016}", rng.below(1000));
+    let read_only = matches!(verb, "Describe" | "Get" | "List");
+    let time_s = now_s - rng.below(7 * 86_400) as i64;
+    let time = jiff::Timestamp::from_second(time_s)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    let resource = format!(
+        "arn:aws:{}:us-east-1:{ACCOUNT}:{}/{}-{}",
+        SOURCES[0],
+        noun.to_lowercase(),
+        noun.to_lowercase(),
+        rng.below(20_000)
+    );
+    let resource_type = format!("AWS::EC2::{noun}");
+    // Sizes spread around ~1.5 KB: a skewed padding inside requestParameters.
+    let pad = 200 + (rng.below(1000) * rng.below(1000) / 400) as usize;
+    let error = rng.below(100) < 3;
+    let event_id = format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        n,
+        rng.below(0xffff),
+        rng.below(0xfff),
+        rng.below(0xfff),
+        rng.next() & 0xffff_ffff_ffff
+    );
+    let mut record = serde_json::json!({
+        "eventVersion": "1.11",
+        "userIdentity": {"type": "IAMUser", "principalId": format!("AIDA{user}"), "arn": format!("arn:aws:iam::{ACCOUNT}:user/{user}"),
+            "accountId": ACCOUNT, "accessKeyId": key, "userName": user,
+            "sessionContext": {"attributes": {"creationDate": time, "mfaAuthenticated": "false"}}},
+        "eventTime": time,
+        "eventSource": source,
+        "eventName": name,
+        "awsRegion": "us-east-1",
+        "sourceIPAddress": format!("198.51.100.{}", rng.below(255)),
+        "userAgent": "aws-cli/2.15.0 Python/3.11.6 Linux/6.1 exe/x86_64.debian.12 prompt/off command/x",
+        "requestParameters": {"resourceId": resource, "filter": "x".repeat(pad)},
+        "responseElements": if read_only { serde_json::Value::Null } else { serde_json::json!({"requestId": n}) },
+        "requestID": format!("req-{n}"),
+        "eventID": event_id,
+        "readOnly": read_only,
+        "resources": [{"ARN": resource, "accountId": ACCOUNT, "type": resource_type}],
+        "eventType": "AwsApiCall",
+        "managementEvent": true,
+        "recipientAccountId": ACCOUNT,
+        "eventCategory": "Management",
+        "tlsDetails": {"tlsVersion": "TLSv1.3", "cipherSuite": "TLS_AES_128_GCM_SHA256", "clientProvidedHostHeader": format!("{source}")}
+    });
+    if error {
+        record["errorCode"] = serde_json::json!("AccessDenied");
+        record["errorMessage"] =
+            serde_json::json!("User is not authorized to perform this operation");
+    }
+    Generated {
+        event_id,
+        time_s,
+        name,
+        source,
+        user,
+        key,
+        read_only,
+        resource,
+        resource_type,
+        json: record.to_string(),
+    }
+}
+
+fn events(seed: u64, from: u64, count: usize, now_s: i64) -> Vec<Generated> {
+    let mut rng = Rng(seed ^ 0x9E37_79B9_7F4A_7C15 ^ from);
+    (0..count as u64)
+        .map(|i| generate(&mut rng, from + i, now_s))
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// OpenTrail running in this process on a loopback port.
+struct OpenTrail {
+    url: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    agent: ureq::Agent,
+}
+
+impl OpenTrail {
+    fn start(dir: &Path) -> anyhow::Result<Self> {
+        let settings = opentrail_server::Settings {
+            data_dir: dir.to_owned(),
+            account_id: ACCOUNT.to_owned(),
+            ..opentrail_server::Settings::default()
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                opentrail_server::run(listener, settings, async move {
+                    let _ = rx.await;
+                })
+                .await?;
+                Ok(())
+            })
+        });
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let ot = OpenTrail {
+            url,
+            shutdown: Some(tx),
+            thread: Some(thread),
+            agent,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if ot
+                .agent
+                .get(&format!("{}/health", ot.url))
+                .call()
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return Ok(ot);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("opentrail did not start")
+    }
+
+    fn ingest(&self, body: &str) -> anyhow::Result<()> {
+        let mut resp = self
+            .agent
+            .post(&format!("{}/v1/events", self.url))
+            .send(body)?;
+        if resp.status() != 200 {
+            bail!(
+                "ingest answered {}: {}",
+                resp.status(),
+                resp.body_mut().read_to_string()?
+            );
+        }
+        Ok(())
+    }
+
+    fn lag(&self) -> anyhow::Result<u64> {
+        let text = self
+            .agent
+            .get(&format!("{}/metrics", self.url))
+            .call()?
+            .body_mut()
+            .read_to_string()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("opentrail_index_lag "))
+            .and_then(|v| v.parse().ok())
+            .context("no lag metric")
+    }
+
+    fn lookup(&self, key: &str, value: &str) -> anyhow::Result<usize> {
+        let body = serde_json::json!({"LookupAttributes": [{"AttributeKey": key, "AttributeValue": value}], "MaxResults": 50});
+        let mut resp = self
+            .agent
+            .post(&format!("{}/", self.url))
+            .header("X-Amz-Target", TARGET)
+            .content_type("application/x-amz-json-1.1")
+            .send(body.to_string())?;
+        let text = resp.body_mut().read_to_string()?;
+        if resp.status() != 200 {
+            bail!("lookup answered {}: {text}", resp.status());
+        }
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        Ok(v["Events"].as_array().map_or(0, Vec::len))
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join()
+                .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+        }
+        Ok(())
+    }
+}
+
+const COLUMNS: [&str; 8] = [
+    "event_id",
+    "event_name",
+    "read_only",
+    "username",
+    "resource_type",
+    "resource_name",
+    "event_source",
+    "access_key_id",
+];
+
+fn sqlite_open(path: &Path) -> anyhow::Result<Connection> {
+    let c = Connection::open(path)?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "FULL")?;
+    c.busy_timeout(Duration::from_secs(60))?;
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS events (
+            seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, event_time INTEGER NOT NULL,
+            event_name TEXT, read_only TEXT, username TEXT, resource_type TEXT, resource_name TEXT,
+            event_source TEXT, access_key_id TEXT, record TEXT NOT NULL);",
+    )?;
+    for col in COLUMNS {
+        c.execute_batch(&format!(
+            "CREATE INDEX IF NOT EXISTS events_{col} ON events({col}, event_time DESC);"
+        ))?;
+    }
+    Ok(c)
+}
+
+fn sqlite_insert(c: &mut Connection, batch: &[Generated]) -> anyhow::Result<()> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT INTO events (event_id, event_time, event_name, read_only, username, resource_type, resource_name, event_source, access_key_id, record)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for e in batch {
+            st.execute(params![
+                e.event_id,
+                e.time_s,
+                e.name,
+                e.read_only.to_string(),
+                e.user,
+                e.resource_type,
+                e.resource,
+                e.source,
+                e.key,
+                e.json
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+struct IngestResult {
+    events_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Runs `clients` threads, each sending its share of `batches` through `send`.
+fn run_clients<S>(
+    batches: Arc<Vec<(Vec<Generated>, String)>>,
+    clients: usize,
+    send: S,
+) -> anyhow::Result<IngestResult>
+where
+    S: Fn(usize, &[Generated], &str) -> anyhow::Result<()> + Send + Sync + 'static,
+{
+    let send = Arc::new(send);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for client in 0..clients {
+        let (batches, next, send) = (Arc::clone(&batches), Arc::clone(&next), Arc::clone(&send));
+        handles.push(std::thread::spawn(
+            move || -> anyhow::Result<(usize, Vec<Duration>)> {
+                let mut lat = Vec::new();
+                let mut n = 0;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((events, body)) = batches.get(i) else {
+                        break;
+                    };
+                    let t = Instant::now();
+                    send(client, events, body)?;
+                    lat.push(t.elapsed());
+                    n += events.len();
+                }
+                Ok((n, lat))
+            },
+        ));
+    }
+    let mut total = 0;
+    let mut lat = Vec::new();
+    for h in handles {
+        let (n, l) = h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+        total += n;
+        lat.extend(l);
+    }
+    let elapsed = started.elapsed();
+    lat.sort_unstable();
+    Ok(IngestResult {
+        events_per_s: total as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+    })
+}
+
+fn make_batches(
+    seed: u64,
+    from: u64,
+    total: usize,
+    batch: usize,
+    now_s: i64,
+) -> Vec<(Vec<Generated>, String)> {
+    let evs = events(seed, from, total, now_s);
+    let mut out = Vec::new();
+    let mut it = evs.into_iter().peekable();
+    while it.peek().is_some() {
+        let chunk: Vec<Generated> = it.by_ref().take(batch).collect();
+        let body = format!(
+            "{{\"Records\":[{}]}}",
+            chunk
+                .iter()
+                .map(|e| e.json.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        out.push((chunk, body));
+    }
+    out
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let tmp = tempfile::tempdir()?;
+    let root = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&root)?;
+    let now_s = jiff::Timestamp::now().as_second();
+    println!(
+        "opentrail-bench: seed {}, {} events per ingest run, {} stored for lookups, {} lookups",
+        args.seed, args.ingest_events, args.lookup_events, args.lookups
+    );
+    println!(
+        "machine: {} cores; data under {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        root.display()
+    );
+    let sample = events(args.seed, 0, 10_000, now_s);
+    let mean = sample.iter().map(|e| e.json.len()).sum::<usize>() / sample.len();
+    let mut sizes: Vec<usize> = sample.iter().map(|e| e.json.len()).collect();
+    sizes.sort_unstable();
+    println!(
+        "record size: mean {mean} B, median {} B, p99 {} B",
+        sizes[sizes.len() / 2],
+        sizes[sizes.len() * 99 / 100]
+    );
+
+    // Durable ingest.
+    println!("\n## Durable ingest (fsync before ack)\n");
+    println!(
+        "| batch | clients | OpenTrail events/s | OpenTrail call p50 / p99 ms | SQLite events/s | SQLite txn p50 / p99 ms | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut offset = 1_000_000_000u64;
+    for (batch, clients) in [(100, 1), (100, 8), (1000, 1), (1000, 8)] {
+        let batches = Arc::new(make_batches(
+            args.seed,
+            offset,
+            args.ingest_events,
+            batch,
+            now_s,
+        ));
+        offset += args.ingest_events as u64;
+        let dir = root.join(format!("ingest-ot-{batch}-{clients}"));
+        let ot = Arc::new(OpenTrail::start(&dir)?);
+        let ot2 = Arc::clone(&ot);
+        let ours = run_clients(Arc::clone(&batches), clients, move |_, _, body| {
+            ot2.ingest(body)
+        })?;
+        Arc::try_unwrap(ot)
+            .map_err(|_| anyhow::anyhow!("server still shared"))?
+            .stop()?;
+        let db = root.join(format!("ingest-sqlite-{batch}-{clients}.db"));
+        drop(sqlite_open(&db)?);
+        let conns: Arc<Vec<std::sync::Mutex<Connection>>> = Arc::new(
+            (0..clients)
+                .map(|_| sqlite_open(&db).map(std::sync::Mutex::new))
+                .collect::<Result<_, _>>()?,
+        );
+        let peer = run_clients(batches, clients, move |client, events, _| {
+            let mut c = conns[client].lock().map_err(|_| anyhow::anyhow!("lock"))?;
+            sqlite_insert(&mut c, events)
+        })?;
+        println!(
+            "| {batch} | {clients} | {:.0} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {:.2}× |",
+            ours.events_per_s,
+            ms(ours.p50),
+            ms(ours.p99),
+            peer.events_per_s,
+            ms(peer.p50),
+            ms(peer.p99),
+            ours.events_per_s / peer.events_per_s
+        );
+    }
+
+    // Lookups on a large store.
+    println!(
+        "\n## LookupEvents on {} stored events\n",
+        args.lookup_events
+    );
+    let dir = root.join("lookup-ot");
+    let ot = Arc::new(OpenTrail::start(&dir)?);
+    let db_path = root.join("lookup-sqlite.db");
+    let mut db = sqlite_open(&db_path)?;
+    let mut loaded = 0usize;
+    let load_started = Instant::now();
+    let mut ot_load = Duration::ZERO;
+    let mut sqlite_load = Duration::ZERO;
+    let chunk = 100_000;
+    while loaded < args.lookup_events {
+        let n = chunk.min(args.lookup_events - loaded);
+        let batches = Arc::new(make_batches(args.seed, loaded as u64, n, 1000, now_s));
+        let ot2 = Arc::clone(&ot);
+        let t = Instant::now();
+        run_clients(Arc::clone(&batches), 8, move |_, _, body| ot2.ingest(body))?;
+        ot_load += t.elapsed();
+        let t = Instant::now();
+        for (events, _) in batches.iter() {
+            sqlite_insert(&mut db, events)?;
+        }
+        sqlite_load += t.elapsed();
+        loaded += n;
+    }
+    let t = Instant::now();
+    while ot.lag()? > 0 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let index_catch_up = t.elapsed();
+    println!(
+        "loaded in {:.1} s (OpenTrail ingest {:.1} s + index catch-up after the last ack {:.2} s; SQLite {:.1} s)",
+        load_started.elapsed().as_secs_f64(),
+        ot_load.as_secs_f64(),
+        index_catch_up.as_secs_f64(),
+        sqlite_load.as_secs_f64()
+    );
+    let ot_bytes = dir_size(&dir);
+    let sqlite_bytes =
+        dir_size(&root.join("lookup-sqlite.db")) + dir_size(&root.join("lookup-sqlite.db-wal"));
+    println!(
+        "storage: OpenTrail {:.0} B/event, SQLite {:.0} B/event",
+        ot_bytes as f64 / args.lookup_events as f64,
+        sqlite_bytes as f64 / args.lookup_events as f64
+    );
+
+    let probe = events(args.seed, 0, args.lookups, now_s);
+    let mut rng = Rng(args.seed);
+    let queries: Vec<(&str, &str, String)> = probe
+        .iter()
+        .map(|e| {
+            let (key, col, v) = match rng.below(7) {
+                0 => ("EventName", "event_name", e.name.clone()),
+                1 => ("Username", "username", e.user.clone()),
+                2 => ("EventSource", "event_source", e.source.clone()),
+                3 => ("ResourceName", "resource_name", e.resource.clone()),
+                4 => ("EventId", "event_id", e.event_id.clone()),
+                5 => ("AccessKeyId", "access_key_id", e.key.clone()),
+                _ => ("ReadOnly", "read_only", e.read_only.to_string()),
+            };
+            (key, col, v)
+        })
+        .collect();
+    println!(
+        "\n| engine | lookups | p50 ms | p99 ms | max ms | lookups/s (1 client) | mean results |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut ours = Vec::with_capacity(queries.len());
+    let mut results = 0usize;
+    let t = Instant::now();
+    for (key, _, v) in &queries {
+        let s = Instant::now();
+        results += ot.lookup(key, v)?;
+        ours.push(s.elapsed());
+    }
+    let ours_rate = queries.len() as f64 / t.elapsed().as_secs_f64();
+    ours.sort_unstable();
+    println!(
+        "| OpenTrail (HTTP, incl. self-audit fsync) | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
+        ours.len(),
+        ms(percentile(&ours, 0.5)),
+        ms(percentile(&ours, 0.99)),
+        ms(percentile(&ours, 1.0)),
+        ours_rate,
+        results as f64 / queries.len() as f64
+    );
+    let mut peer = Vec::with_capacity(queries.len());
+    let mut results = 0usize;
+    let t = Instant::now();
+    for (_, col, v) in &queries {
+        let s = Instant::now();
+        let mut st = db.prepare_cached(&format!("SELECT record FROM events WHERE {col} = ?1 AND event_time >= ?2 ORDER BY event_time DESC LIMIT 50"))?;
+        let rows: Vec<String> = st
+            .query_map(params![v, now_s - 90 * 86_400], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        results += rows.len();
+        peer.push(s.elapsed());
+    }
+    let peer_rate = queries.len() as f64 / t.elapsed().as_secs_f64();
+    peer.sort_unstable();
+    println!(
+        "| SQLite (in-process, no HTTP) | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
+        peer.len(),
+        ms(percentile(&peer, 0.5)),
+        ms(percentile(&peer, 0.99)),
+        ms(percentile(&peer, 1.0)),
+        peer_rate,
+        results as f64 / queries.len() as f64
+    );
+    println!(
+        "\nratio p99 SQLite/OpenTrail: {:.2}×; lookups/s OpenTrail/SQLite: {:.2}×",
+        ms(percentile(&peer, 0.99)) / ms(percentile(&ours, 0.99)),
+        ours_rate / peer_rate
+    );
+    Arc::try_unwrap(ot)
+        .map_err(|_| anyhow::anyhow!("server still shared"))?
+        .stop()?;
+    Ok(())
+}
+
+fn dir_size(p: &Path) -> u64 {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(m) if m.is_dir() => std::fs::read_dir(p)
+            .map(|rd| rd.filter_map(Result::ok).map(|e| dir_size(&e.path())).sum())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}

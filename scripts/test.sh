@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every OpenTrail test: formatting, lints, Rust unit/integration tests (including the SIGKILL
+# crash test), and the end-to-end suite that drives a real `opentrail serve` with the real AWS CLI
+# v1 and boto3. Installs what it needs (a Python venv from PyPI) on a fresh Debian machine with Rust.
+#
+#   CARGO_TARGET_DIR   reused between runs (default: $HOME/.cache/opentrail-target)
+#   OPENTRAIL_VENV     the Python venv (default: $HOME/.cache/opentrail-venv)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/opentrail-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "python venv (AWS CLI v1, boto3, pytest)"
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >/dev/null
+    else
+        echo "python3 with the venv module is required" >&2
+        exit 1
+    fi
+fi
+venv="$(bash scripts/setup-venv.sh | tail -n 1)"
+
+step "cargo fmt --check"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (unit, integration, crash)"
+cargo test --workspace --locked
+
+step "end-to-end: AWS CLI v1 and boto3 against opentrail serve"
+cargo build -p opentrail --locked
+OPENTRAIL_BIN="$CARGO_TARGET_DIR/debug/opentrail" "$venv/bin/python" -m pytest tests/py -q -p no:cacheprovider
+
+step "all tests passed"
