@@ -603,7 +603,7 @@ fn main() -> anyhow::Result<()> {
     let ours_rate = queries.len() as f64 / t.elapsed().as_secs_f64();
     ours.sort_unstable();
     println!(
-        "| OpenTrail (HTTP, incl. self-audit fsync) | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
+        "| OpenTrail (HTTP, incl. self-audit record) | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
         ours.len(),
         ms(percentile(&ours, 0.5)),
         ms(percentile(&ours, 0.99)),

@@ -192,13 +192,13 @@ fn split_body(body: &[u8]) -> Result<Vec<&RawValue>, IngestError> {
         Err(_) => {}
     }
     // Not one object: either an envelope whose Records is not an array, or NDJSON.
-    if let Ok(members) = serde_json::from_str::<HashMap<Cow<'_, str>, &RawValue>>(text) {
-        if members.contains_key("Records") {
-            return Err(IngestError::whole(
-                Reason::InvalidData,
-                "Records must be an array of records",
-            ));
-        }
+    if let Ok(members) = serde_json::from_str::<HashMap<Cow<'_, str>, &RawValue>>(text)
+        && members.contains_key("Records")
+    {
+        return Err(IngestError::whole(
+            Reason::InvalidData,
+            "Records must be an array of records",
+        ));
     }
     let mut out = Vec::new();
     for line in text.split('\n') {
