@@ -634,14 +634,58 @@ fn main() -> anyhow::Result<()> {
         peer_rate,
         results as f64 / queries.len() as f64
     );
-    println!(
-        "\nratio p99 SQLite/OpenTrail: {:.2}×; lookups/s OpenTrail/SQLite: {:.2}×",
-        ms(percentile(&peer, 0.99)) / ms(percentile(&ours, 0.99)),
-        ours_rate / peer_rate
-    );
     Arc::try_unwrap(ot)
         .map_err(|_| anyhow::anyhow!("server still shared"))?
         .stop()?;
+
+    // The same queries against OpenTrail's index in this process, without HTTP: engine to engine.
+    let (log, _) = opentrail_log::EventLog::open(opentrail_log::LogConfig::new(dir.join("log")))?;
+    let index = opentrail_index::HistoryIndex::open(&dir.join("index"), log.clone())?;
+    let scope = opentrail_index::Scope {
+        account: ACCOUNT.to_owned(),
+        region: "us-east-1".to_owned(),
+        category: opentrail_model::Category::Management,
+    };
+    let mut engine = Vec::with_capacity(queries.len());
+    let mut results = 0usize;
+    let t = Instant::now();
+    for (key, _, v) in &queries {
+        let attribute = opentrail_model::AttributeKey::parse(key).context("attribute key")?;
+        let query = opentrail_index::Query {
+            scope: scope.clone(),
+            attributes: vec![(attribute, v.clone())],
+            start_ms: (now_s - 90 * 86_400) * 1000,
+            end_ms: (now_s + 86_400) * 1000,
+            max_results: 50,
+            token: None,
+            params_hash: 0,
+        };
+        let s = Instant::now();
+        results += index.lookup(&query)?.hits.len();
+        engine.push(s.elapsed());
+    }
+    let engine_rate = queries.len() as f64 / t.elapsed().as_secs_f64();
+    engine.sort_unstable();
+    println!(
+        "| OpenTrail index (in-process, no HTTP) | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
+        engine.len(),
+        ms(percentile(&engine, 0.5)),
+        ms(percentile(&engine, 0.99)),
+        ms(percentile(&engine, 1.0)),
+        engine_rate,
+        results as f64 / queries.len() as f64
+    );
+    log.close();
+    println!(
+        "\nin-process, engine to engine: p99 SQLite/OpenTrail {:.2}×, lookups/s OpenTrail/SQLite {:.2}×",
+        ms(percentile(&peer, 0.99)) / ms(percentile(&engine, 0.99)),
+        engine_rate / peer_rate
+    );
+    println!(
+        "end to end over HTTP vs SQLite in-process: p99 SQLite/OpenTrail {:.2}×, lookups/s OpenTrail/SQLite {:.2}×",
+        ms(percentile(&peer, 0.99)) / ms(percentile(&ours, 0.99)),
+        ours_rate / peer_rate
+    );
     Ok(())
 }
 

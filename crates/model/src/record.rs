@@ -10,12 +10,13 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
+use serde_with::skip_serializing_none;
 
 /// Current CloudTrail record format version.
 pub const EVENT_VERSION: &str = "1.11";
 
 /// Deserializes a present member as `Some`, even when it is JSON `null`; an absent member falls
-/// back to `None` through `#[serde(default)]`.
+/// back to `None` through the container's `#[serde(default)]`.
 fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
@@ -25,99 +26,51 @@ where
 }
 
 /// One CloudTrail record: a management, data, network-activity or Insights event.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_identity: Option<UserIdentity>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_time: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_source: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_region: Option<String>,
-    #[serde(
-        default,
-        rename = "sourceIPAddress",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "sourceIPAddress")]
     pub source_ip_address: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "present")]
     pub request_parameters: Option<Box<RawValue>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "present")]
     pub response_elements: Option<Box<RawValue>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "present")]
     pub additional_event_data: Option<Box<RawValue>>,
-    #[serde(default, rename = "requestID", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "requestID")]
     pub request_id: Option<String>,
-    #[serde(default, rename = "eventID", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "eventID")]
     pub event_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_only: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Vec<Resource>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub management_event: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient_account_id: Option<String>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "present")]
     pub service_event_details: Option<Box<RawValue>>,
-    #[serde(
-        default,
-        rename = "sharedEventID",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "sharedEventID")]
     pub shared_event_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpc_endpoint_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpc_endpoint_account_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_category: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addendum: Option<Addendum>,
     /// A string, `"true"`, as CloudTrail emits it (only present when true).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_credential_from_console: Option<String>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "present")]
     pub edge_device_details: Option<Box<RawValue>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_details: Option<TlsDetails>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insight_details: Option<InsightDetails>,
     /// Members this version does not model, in the order they were sent.
     #[serde(flatten)]
@@ -125,64 +78,42 @@ pub struct Record {
 }
 
 /// `userIdentity`: who made the call.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct UserIdentity {
-    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "type")]
     pub identity_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arn: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_key_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invoked_by: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_provider: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_context: Option<SessionContext>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "present")]
     pub on_behalf_of: Option<Box<RawValue>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "present")]
     pub in_scope_of: Option<Box<RawValue>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_id: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// `userIdentity.sessionContext`, for temporary credentials.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionContext {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_issuer: Option<SessionIssuer>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(deserialize_with = "present")]
     pub web_id_federation_data: Option<Box<RawValue>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attributes: Option<SessionAttributes>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_identity: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ec2_role_delivery: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assumed_root: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -190,168 +121,150 @@ pub struct SessionContext {
 
 /// `sessionContext.sessionIssuer`. AWS emits `{}` for console sessions of IAM users, so every
 /// member is optional.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionIssuer {
-    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "type")]
     pub issuer_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arn: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_name: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// `sessionContext.attributes`; both members are strings (`"true"`/`"false"`, ISO-8601).
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionAttributes {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_date: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mfa_authenticated: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// One entry of `resources`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Resource {
-    #[serde(default, rename = "ARN", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "ARN")]
     pub arn: Option<String>,
-    #[serde(default, rename = "accountId", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "accountId")]
     pub account_id: Option<String>,
-    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "type")]
     pub resource_type: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// `addendum`, for late or corrected events.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct Addendum {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_fields: Option<String>,
-    #[serde(
-        default,
-        rename = "originalRequestID",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "originalRequestID")]
     pub original_request_id: Option<String>,
-    #[serde(
-        default,
-        rename = "originalEventID",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "originalEventID")]
     pub original_event_id: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// `tlsDetails`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsDetails {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cipher_suite: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_provided_host_header: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_exchange: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// `insightDetails` of an Insights event.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct InsightDetails {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_source: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insight_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_event_category: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insight_source: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insight_context: Option<InsightContext>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// `insightDetails.insightContext`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct InsightContext {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statistics: Option<InsightStatistics>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attributions: Option<Vec<Attribution>>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// `insightContext.statistics`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct InsightStatistics {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<Average>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insight: Option<Average>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insight_duration: Option<Number>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_duration: Option<Number>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// `{ "average": n }`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Average {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub average: Option<Number>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// One entry of `insightContext.attributions`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Attribution {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attribute: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insight: Option<Vec<AttributionValue>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<Vec<AttributionValue>>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// `{ "value": "...", "average": n }` inside an attribution.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AttributionValue {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub average: Option<Number>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
