@@ -592,48 +592,20 @@ fn main() -> anyhow::Result<()> {
         "\n| engine | lookups | p50 ms | p99 ms | max ms | lookups/s (1 client) | mean results |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let mut ours = Vec::with_capacity(queries.len());
-    let mut results = 0usize;
-    let t = Instant::now();
-    for (key, _, v) in &queries {
-        let s = Instant::now();
-        results += ot.lookup(key, v)?;
-        ours.push(s.elapsed());
-    }
-    let ours_rate = queries.len() as f64 / t.elapsed().as_secs_f64();
-    ours.sort_unstable();
-    println!(
-        "| OpenTrail (HTTP, incl. self-audit record) | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
-        ours.len(),
-        ms(percentile(&ours, 0.5)),
-        ms(percentile(&ours, 0.99)),
-        ms(percentile(&ours, 1.0)),
-        ours_rate,
-        results as f64 / queries.len() as f64
-    );
-    let mut peer = Vec::with_capacity(queries.len());
-    let mut results = 0usize;
-    let t = Instant::now();
-    for (_, col, v) in &queries {
-        let s = Instant::now();
-        let mut st = db.prepare_cached(&format!("SELECT record FROM events WHERE {col} = ?1 AND event_time >= ?2 ORDER BY event_time DESC LIMIT 50"))?;
+    let ours = measure(
+        "OpenTrail (HTTP, incl. self-audit record)",
+        &queries,
+        |key, _, v| ot.lookup(key, v),
+    )?;
+    let peer = measure("SQLite (in-process, no HTTP)", &queries, |_, col, v| {
+        let mut st = db.prepare_cached(&format!(
+            "SELECT record FROM events WHERE {col} = ?1 AND event_time >= ?2 ORDER BY event_time DESC LIMIT 50"
+        ))?;
         let rows: Vec<String> = st
             .query_map(params![v, now_s - 90 * 86_400], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        results += rows.len();
-        peer.push(s.elapsed());
-    }
-    let peer_rate = queries.len() as f64 / t.elapsed().as_secs_f64();
-    peer.sort_unstable();
-    println!(
-        "| SQLite (in-process, no HTTP) | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
-        peer.len(),
-        ms(percentile(&peer, 0.5)),
-        ms(percentile(&peer, 0.99)),
-        ms(percentile(&peer, 1.0)),
-        peer_rate,
-        results as f64 / queries.len() as f64
-    );
+        Ok(rows.len())
+    })?;
     Arc::try_unwrap(ot)
         .map_err(|_| anyhow::anyhow!("server still shared"))?
         .stop()?;
@@ -646,47 +618,73 @@ fn main() -> anyhow::Result<()> {
         region: "us-east-1".to_owned(),
         category: opentrail_model::Category::Management,
     };
-    let mut engine = Vec::with_capacity(queries.len());
-    let mut results = 0usize;
-    let t = Instant::now();
-    for (key, _, v) in &queries {
-        let attribute = opentrail_model::AttributeKey::parse(key).context("attribute key")?;
-        let query = opentrail_index::Query {
-            scope: scope.clone(),
-            attributes: vec![(attribute, v.clone())],
-            start_ms: (now_s - 90 * 86_400) * 1000,
-            end_ms: (now_s + 86_400) * 1000,
-            max_results: 50,
-            token: None,
-            params_hash: 0,
-        };
-        let s = Instant::now();
-        results += index.lookup(&query)?.hits.len();
-        engine.push(s.elapsed());
-    }
-    let engine_rate = queries.len() as f64 / t.elapsed().as_secs_f64();
-    engine.sort_unstable();
-    println!(
-        "| OpenTrail index (in-process, no HTTP) | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
-        engine.len(),
-        ms(percentile(&engine, 0.5)),
-        ms(percentile(&engine, 0.99)),
-        ms(percentile(&engine, 1.0)),
-        engine_rate,
-        results as f64 / queries.len() as f64
-    );
+    let engine = measure(
+        "OpenTrail index (in-process, no HTTP)",
+        &queries,
+        |key, _, v| {
+            let attribute = opentrail_model::AttributeKey::parse(key).context("attribute key")?;
+            let query = opentrail_index::Query {
+                scope: scope.clone(),
+                attributes: vec![(attribute, v.to_owned())],
+                start_ms: (now_s - 90 * 86_400) * 1000,
+                end_ms: (now_s + 86_400) * 1000,
+                max_results: 50,
+                token: None,
+                params_hash: 0,
+            };
+            Ok(index.lookup(&query)?.hits.len())
+        },
+    )?;
     log.close();
     println!(
         "\nin-process, engine to engine: p99 SQLite/OpenTrail {:.2}×, lookups/s OpenTrail/SQLite {:.2}×",
-        ms(percentile(&peer, 0.99)) / ms(percentile(&engine, 0.99)),
-        engine_rate / peer_rate
+        peer.p99_ms / engine.p99_ms,
+        engine.rate / peer.rate
     );
     println!(
         "end to end over HTTP vs SQLite in-process: p99 SQLite/OpenTrail {:.2}×, lookups/s OpenTrail/SQLite {:.2}×",
-        ms(percentile(&peer, 0.99)) / ms(percentile(&ours, 0.99)),
-        ours_rate / peer_rate
+        peer.p99_ms / ours.p99_ms,
+        ours.rate / peer.rate
     );
     Ok(())
+}
+
+/// The p99 latency and the rate of one engine's lookups.
+struct Measured {
+    p99_ms: f64,
+    rate: f64,
+}
+
+/// Runs every query once through `lookup` (which returns the number of results), one at a time,
+/// prints the table row and returns the figures the ratios need.
+fn measure(
+    label: &str,
+    queries: &[(&str, &str, String)],
+    mut lookup: impl FnMut(&str, &str, &str) -> anyhow::Result<usize>,
+) -> anyhow::Result<Measured> {
+    let mut lat = Vec::with_capacity(queries.len());
+    let mut results = 0usize;
+    let t = Instant::now();
+    for (key, col, v) in queries {
+        let s = Instant::now();
+        results += lookup(key, col, v)?;
+        lat.push(s.elapsed());
+    }
+    let rate = queries.len() as f64 / t.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    println!(
+        "| {label} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
+        lat.len(),
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99)),
+        ms(percentile(&lat, 1.0)),
+        rate,
+        results as f64 / queries.len().max(1) as f64
+    );
+    Ok(Measured {
+        p99_ms: ms(percentile(&lat, 0.99)),
+        rate,
+    })
 }
 
 fn dir_size(p: &Path) -> u64 {

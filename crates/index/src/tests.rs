@@ -1,3 +1,5 @@
+use std::path::Path;
+
 use opentrail_log::{LogConfig, NewRecord};
 use opentrail_model::time::format_event_time;
 use serde_json::json;
@@ -15,8 +17,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (log, _) = EventLog::open(LogConfig::new(dir.path().join("log"))).expect("log");
-    let index = HistoryIndex::open(&dir.path().join("index"), log.clone()).expect("index");
+    let (log, index) = open_at(dir.path());
     Fixture {
         _dir: dir,
         log,
@@ -50,6 +51,10 @@ fn event(
 }
 
 async fn ingest(f: &Fixture, events: &[serde_json::Value]) {
+    ingest_into(&f.log, &f.index, events).await;
+}
+
+async fn ingest_into(log: &EventLog, index: &HistoryIndex, events: &[serde_json::Value]) {
     let records = events
         .iter()
         .map(|e| NewRecord {
@@ -60,8 +65,8 @@ async fn ingest(f: &Fixture, events: &[serde_json::Value]) {
             json: serde_json::to_vec(e).expect("json"),
         })
         .collect();
-    f.log.append(records).await.expect("append");
-    while f.index.apply_next(1000, 0).expect("apply") > 0 {}
+    log.append(records).await.expect("append");
+    while index.apply_next(1000, 0).expect("apply") > 0 {}
 }
 
 fn query(attrs: &[(AttributeKey, &str)], start: i64, end: i64, max: usize) -> Query {
@@ -90,10 +95,10 @@ fn ids(page: &Page) -> Vec<String> {
         .collect()
 }
 
-fn walk(f: &Fixture, mut q: Query) -> Vec<String> {
+fn walk(index: &HistoryIndex, mut q: Query) -> Vec<String> {
     let mut out = Vec::new();
     loop {
-        let page = f.index.lookup(&q).expect("lookup");
+        let page = index.lookup(&q).expect("lookup");
         out.extend(ids(&page));
         match page.next {
             Some(t) => q.token = Some(t),
@@ -204,7 +209,7 @@ async fn paging_is_complete_and_stable_while_events_arrive() {
     )
     .await;
     q.token = first.next;
-    let rest = walk(&f, q);
+    let rest = walk(&f.index, q);
     let expected: Vec<String> = (0..18).rev().map(|i| format!("p{i:02}")).collect();
     assert_eq!(rest, expected);
     // Same time, different sequence: ties are broken newest sequence first, none lost.
@@ -214,7 +219,7 @@ async fn paging_is_complete_and_stable_while_events_arrive() {
         .collect();
     ingest(&f2, &same).await;
     let walked = walk(
-        &f2,
+        &f2.index,
         query(
             &[
                 (AttributeKey::EventName, "Same"),
@@ -257,24 +262,30 @@ async fn categories_scope_lookups() {
     assert_eq!(ids(&f.index.lookup(&q).expect("lookup")), ["ins"]);
 }
 
+fn open_at(dir: &Path) -> (EventLog, HistoryIndex) {
+    let (log, _) = EventLog::open(LogConfig::new(dir.join("log"))).expect("log");
+    let index = HistoryIndex::open(&dir.join("index"), log.clone()).expect("index");
+    (log, index)
+}
+
 #[tokio::test]
 async fn resumes_from_its_cursor_without_duplicates_and_expires_days() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (log, _) = EventLog::open(LogConfig::new(dir.path().join("log"))).expect("log");
-    let index = HistoryIndex::open(&dir.path().join("index"), log.clone()).expect("index");
-    let f = Fixture {
-        _dir: tempfile::tempdir().expect("tempdir"),
-        log: log.clone(),
-        index,
-    };
-    ingest(&f, &[event("x1", "Op", "u", T0, "us-east-1", false)]).await;
-    assert_eq!(f.index.cursor().expect("cursor"), 1);
-    f.index.persist().expect("persist");
-    drop(f);
+    let (log, index) = open_at(dir.path());
+    ingest_into(
+        &log,
+        &index,
+        &[event("x1", "Op", "u", T0, "us-east-1", false)],
+    )
+    .await;
+    assert_eq!(index.cursor().expect("cursor"), 1);
+    index.persist().expect("persist");
+    drop(index);
+    let later = event("x2", "Op", "u", T0 + 86_400_000, "us-east-1", false);
+    let json = serde_json::to_vec(&later).expect("json");
     log.append(vec![NewRecord {
         time_ms: T0 + 86_400_000,
-        json: serde_json::to_vec(&event("x2", "Op", "u", T0 + 86_400_000, "us-east-1", false))
-            .expect("json"),
+        json,
     }])
     .await
     .expect("append");
@@ -287,41 +298,28 @@ async fn resumes_from_its_cursor_without_duplicates_and_expires_days() {
         .insert(CURSOR_KEY, 0u64.to_be_bytes())
         .expect("rewind");
     while index.apply_next(1000, 0).expect("apply") > 0 {}
-    let f = Fixture {
-        _dir: dir,
-        log,
-        index,
-    };
-    let got: Vec<String> = walk(&f, query(&[], 0, T0 * 2, 1));
-    assert_eq!(got, ["x2", "x1"]);
-    assert_eq!(f.index.expire(T0 + 86_400_000).expect("expire"), 1);
-    assert_eq!(walk(&f, query(&[], 0, T0 * 2, 50)), ["x2"]);
+    assert_eq!(walk(&index, query(&[], 0, T0 * 2, 1)), ["x2", "x1"]);
+    assert_eq!(index.expire(T0 + 86_400_000).expect("expire"), 1);
+    assert_eq!(walk(&index, query(&[], 0, T0 * 2, 50)), ["x2"]);
 }
 
 #[tokio::test]
 async fn an_index_ahead_of_the_log_is_rebuilt() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let (log, _) = EventLog::open(LogConfig::new(dir.path().join("log"))).expect("log");
-        let index = HistoryIndex::open(&dir.path().join("index"), log.clone()).expect("index");
-        let f = Fixture {
-            _dir: tempfile::tempdir().expect("tempdir"),
-            log: log.clone(),
-            index,
-        };
-        ingest(&f, &[event("gone", "Op", "u", T0, "us-east-1", false)]).await;
-        f.index.persist().expect("persist");
+        let (log, index) = open_at(dir.path());
+        ingest_into(
+            &log,
+            &index,
+            &[event("gone", "Op", "u", T0, "us-east-1", false)],
+        )
+        .await;
+        index.persist().expect("persist");
         log.close();
     }
     // The log is lost (say, restored from an older backup); the index must not point into it.
     std::fs::remove_dir_all(dir.path().join("log")).expect("rm");
-    let (log, _) = EventLog::open(LogConfig::new(dir.path().join("log"))).expect("log");
-    let index = HistoryIndex::open(&dir.path().join("index"), log.clone()).expect("index");
+    let (_log, index) = open_at(dir.path());
     assert_eq!(index.cursor().expect("cursor"), 0);
-    let f = Fixture {
-        _dir: dir,
-        log,
-        index,
-    };
-    assert!(walk(&f, query(&[], 0, T0 * 2, 50)).is_empty());
+    assert!(walk(&index, query(&[], 0, T0 * 2, 50)).is_empty());
 }
