@@ -4,6 +4,7 @@
 
 pub mod ingest;
 pub mod lookup;
+pub mod names;
 pub mod record;
 pub mod time;
 

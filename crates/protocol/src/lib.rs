@@ -5,6 +5,7 @@
 pub mod error;
 pub mod lookup;
 mod operation;
+pub mod trails;
 
 pub use error::{ApiError, Exception};
 pub use operation::Operation;

@@ -27,6 +27,23 @@ pub struct Settings {
     pub log_segment_bytes: u64,
     /// How often retention (expired history days, passed log segments) runs. Default 1 minute.
     pub maintenance_interval: Duration,
+    /// Where the local bucket store keeps bucket NAME (as `<buckets_dir>/NAME/`). Default
+    /// `<data_dir>/buckets`.
+    pub buckets_dir: Option<PathBuf>,
+    /// Trails per region and account (a multi-region trail counts in every region). Default 5.
+    pub max_trails_per_region: usize,
+    /// SNS topic names trails may notify (declared here until topics are managed). Default none.
+    pub sns_topics: Vec<String>,
+    /// KMS keys trails may use: key ids (UUIDs), or `alias/Name=<key id>`. Default none.
+    pub kms_keys: Vec<String>,
+    /// CloudWatch Logs log group ARNs trails may stream to. Default none.
+    pub cloudwatch_log_groups: Vec<String>,
+    /// The organization (`o-` id) the default account belongs to, if any.
+    pub organization_id: Option<String>,
+    /// The organization's management account.
+    pub organization_management_account: Option<String>,
+    /// The organization's member accounts (besides the management account).
+    pub organization_members: Vec<String>,
 }
 
 impl Default for Settings {
@@ -39,6 +56,14 @@ impl Default for Settings {
             history_retention: Duration::from_secs(90 * 86_400),
             log_segment_bytes: 128 * 1024 * 1024,
             maintenance_interval: Duration::from_secs(60),
+            buckets_dir: None,
+            max_trails_per_region: 5,
+            sns_topics: Vec::new(),
+            kms_keys: Vec::new(),
+            cloudwatch_log_groups: Vec::new(),
+            organization_id: None,
+            organization_management_account: None,
+            organization_members: Vec::new(),
         }
     }
 }
@@ -67,6 +92,14 @@ struct FileSettings {
     history_retention: Option<String>,
     log_segment_bytes: Option<u64>,
     maintenance_interval: Option<String>,
+    buckets_dir: Option<PathBuf>,
+    max_trails_per_region: Option<usize>,
+    sns_topics: Option<Vec<String>>,
+    kms_keys: Option<Vec<String>>,
+    cloudwatch_log_groups: Option<Vec<String>>,
+    organization_id: Option<String>,
+    organization_management_account: Option<String>,
+    organization_members: Option<Vec<String>>,
 }
 
 fn invalid(name: &str, message: impl Into<String>) -> ConfigError {
@@ -115,6 +148,16 @@ impl Settings {
             if let Some(v) = f.maintenance_interval {
                 s.maintenance_interval = duration("maintenance_interval", &v)?;
             }
+            s.buckets_dir = f.buckets_dir.or(s.buckets_dir);
+            s.max_trails_per_region = f.max_trails_per_region.unwrap_or(s.max_trails_per_region);
+            s.sns_topics = f.sns_topics.unwrap_or(s.sns_topics);
+            s.kms_keys = f.kms_keys.unwrap_or(s.kms_keys);
+            s.cloudwatch_log_groups = f.cloudwatch_log_groups.unwrap_or(s.cloudwatch_log_groups);
+            s.organization_id = f.organization_id.or(s.organization_id);
+            s.organization_management_account = f
+                .organization_management_account
+                .or(s.organization_management_account);
+            s.organization_members = f.organization_members.unwrap_or(s.organization_members);
         }
         let get = |name: &str| {
             env.get(&format!("OPENTRAIL_{}", name.to_ascii_uppercase()))
@@ -146,7 +189,49 @@ impl Settings {
         if let Some(v) = get("maintenance_interval") {
             s.maintenance_interval = duration("OPENTRAIL_MAINTENANCE_INTERVAL", v)?;
         }
+        // Lists in the environment are comma-separated.
+        let list = |v: &String| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        if let Some(v) = get("buckets_dir") {
+            s.buckets_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("max_trails_per_region") {
+            s.max_trails_per_region = v.parse().map_err(|_| {
+                invalid("OPENTRAIL_MAX_TRAILS_PER_REGION", "must be a whole number")
+            })?;
+        }
+        if let Some(v) = get("sns_topics") {
+            s.sns_topics = list(v);
+        }
+        if let Some(v) = get("kms_keys") {
+            s.kms_keys = list(v);
+        }
+        if let Some(v) = get("cloudwatch_log_groups") {
+            s.cloudwatch_log_groups = list(v);
+        }
+        if let Some(v) = get("organization_id") {
+            s.organization_id = Some(v.clone());
+        }
+        if let Some(v) = get("organization_management_account") {
+            s.organization_management_account = Some(v.clone());
+        }
+        if let Some(v) = get("organization_members") {
+            s.organization_members = list(v);
+        }
         Ok(s)
+    }
+
+    /// Where bucket NAME lives in the local bucket store.
+    pub fn bucket_path(&self, name: &str) -> PathBuf {
+        self.buckets_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("buckets"))
+            .join(name)
     }
 
     /// Checks the settings hang together.
@@ -168,6 +253,39 @@ impl Settings {
         }
         if self.log_segment_bytes < 4096 {
             return Err(invalid("log_segment_bytes", "must be at least 4096"));
+        }
+        if self.max_trails_per_region == 0 {
+            return Err(invalid("max_trails_per_region", "must be at least 1"));
+        }
+        if let Some(id) = &self.organization_id {
+            if !id.starts_with("o-")
+                || id.len() < 12
+                || !id[2..]
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            {
+                return Err(invalid(
+                    "organization_id",
+                    format!("{id:?} is not an organization id like o-exampleorgid"),
+                ));
+            }
+            match &self.organization_management_account {
+                Some(m) if opentrail_model::ingest::is_valid_account(m) => {}
+                _ => {
+                    return Err(invalid(
+                        "organization_management_account",
+                        "a 12-digit account is required with organization_id",
+                    ));
+                }
+            }
+        }
+        for m in &self.organization_members {
+            if !opentrail_model::ingest::is_valid_account(m) {
+                return Err(invalid(
+                    "organization_members",
+                    format!("{m:?} is not a 12-digit account id"),
+                ));
+            }
         }
         if self.maintenance_interval.is_zero() {
             return Err(invalid("maintenance_interval", "must be more than zero"));
