@@ -287,7 +287,8 @@ def expected_username(record: dict) -> str | None:
 class OpenTrailServer:
     """A running ``opentrail serve`` process plus convenience helpers."""
 
-    def __init__(self, binary: str, data_dir: Path, log_path: Path, port: int):
+    def __init__(self, binary: str, data_dir: Path, log_path: Path, port: int,
+                 extra_env: dict | None = None):
         self.binary = binary
         self.data_dir = data_dir
         self.log_path = log_path
@@ -296,6 +297,9 @@ class OpenTrailServer:
         self.url = f"http://{self.host}:{port}"
         self.account = ACCOUNT_ID
         self.region = DEFAULT_REGION
+        # Extra environment for the server process (a test module's
+        # ``SERVER_ENV``); applied on top of the defaults, on every (re)start.
+        self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen | None = None
         self._session = requests.Session()
 
@@ -310,6 +314,7 @@ class OpenTrailServer:
                 "RUST_LOG": "info",
             }
         )
+        env.update({k: str(v) for k, v in self.extra_env.items()})
         return env
 
     def start(self) -> None:
@@ -448,11 +453,16 @@ def opentrail_bin() -> str:
 
 
 @pytest.fixture(scope="module")
-def server(opentrail_bin: str, tmp_path_factory: pytest.TempPathFactory):
+def server(request: pytest.FixtureRequest, opentrail_bin: str,
+           tmp_path_factory: pytest.TempPathFactory):
+    """One server per test module.  A module may define ``SERVER_ENV = {...}``
+    to give its server extra environment variables."""
     base = tmp_path_factory.mktemp("opentrail")
     data_dir = base / "data"
     data_dir.mkdir()
-    srv = OpenTrailServer(opentrail_bin, data_dir, base / "server.log", free_port())
+    extra_env = getattr(request.module, "SERVER_ENV", {})
+    srv = OpenTrailServer(opentrail_bin, data_dir, base / "server.log", free_port(),
+                          extra_env=extra_env)
     srv.start()
     try:
         yield srv

@@ -150,49 +150,13 @@ impl Catalog {
         body.map(|b| decode(&b)).transpose()
     }
 
-    /// Adds a trail, checking in the same transaction that its name is free in its home region
-    /// and that no region would hold more than `max_per_region` trails (a multi-region trail
-    /// counts once in every region).
+    /// Adds a trail, checking in the same transaction that its name is free (see
+    /// [`check_placement`]) and that no region would hold more than `max_per_region` trails.
     pub fn create(&self, trail: &Trail, max_per_region: usize) -> Result<(), CatalogError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let taken: bool = tx
-            .query_row(
-                "SELECT 1 FROM trails WHERE account = ?1 AND home_region = ?2 AND name = ?3",
-                params![trail.account, trail.home_region, trail.name],
-                |_| Ok(true),
-            )
-            .optional()?
-            .unwrap_or(false);
-        if taken {
-            return Err(CatalogError::AlreadyExists(trail.name.clone()));
-        }
-        let existing: Vec<Trail> = {
-            let mut st = tx.prepare_cached("SELECT body FROM trails WHERE account = ?1")?;
-            let bodies: Vec<String> = st
-                .query_map(params![trail.account], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            bodies.iter().map(|b| decode(b)).collect::<Result<_, _>>()?
-        };
-        let mut regions: Vec<&str> = existing.iter().map(|t| t.home_region.as_str()).collect();
-        regions.push(&trail.home_region);
-        regions.sort_unstable();
-        regions.dedup();
-        for region in regions {
-            if !trail.is_multi_region_trail && region != trail.home_region {
-                continue;
-            }
-            let count = existing
-                .iter()
-                .filter(|t| t.is_multi_region_trail || t.home_region == region)
-                .count();
-            if count + 1 > max_per_region {
-                return Err(CatalogError::QuotaExceeded {
-                    region: region.to_owned(),
-                    max: max_per_region,
-                });
-            }
-        }
+        let others = account_trails(&tx, &trail.account)?;
+        check_placement(&others, trail, max_per_region)?;
         tx.execute(
             "INSERT INTO trails (arn, account, home_region, name, body) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![trail.arn, trail.account, trail.home_region, trail.name, encode(trail)?],
@@ -212,10 +176,12 @@ impl Catalog {
     }
 
     /// Applies `change` to the stored trail inside one transaction. Returns the new state, or
-    /// `None` if there is no such trail. `change` may refuse with its own error.
+    /// `None` if there is no such trail. `change` may refuse with its own error. A trail that
+    /// becomes multi-region is checked against the names and the quota of every region.
     pub fn modify<E>(
         &self,
         arn: &str,
+        max_per_region: usize,
         change: impl FnOnce(&mut Trail) -> Result<(), E>,
     ) -> Result<Result<Option<Trail>, E>, CatalogError> {
         let mut conn = self.conn()?;
@@ -231,8 +197,16 @@ impl Catalog {
             return Ok(Ok(None));
         };
         let mut trail = decode(&body)?;
+        let was_multi = trail.is_multi_region_trail;
         if let Err(e) = change(&mut trail) {
             return Ok(Err(e));
+        }
+        if trail.is_multi_region_trail && !was_multi {
+            let others: Vec<Trail> = account_trails(&tx, &trail.account)?
+                .into_iter()
+                .filter(|t| t.arn != trail.arn)
+                .collect();
+            check_placement(&others, &trail, max_per_region)?;
         }
         tx.execute(
             "UPDATE trails SET body = ?2 WHERE arn = ?1",
@@ -247,6 +221,58 @@ impl Catalog {
         let conn = self.conn()?;
         Ok(conn.execute("DELETE FROM trails WHERE arn = ?1", params![arn])? == 1)
     }
+}
+
+fn account_trails(
+    tx: &rusqlite::Transaction<'_>,
+    account: &str,
+) -> Result<Vec<Trail>, CatalogError> {
+    let mut st = tx.prepare_cached("SELECT body FROM trails WHERE account = ?1")?;
+    let bodies: Vec<String> = st
+        .query_map(params![account], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    bodies.iter().map(|b| decode(b)).collect()
+}
+
+/// Whether `trail` may exist beside `others` (the account's other trails):
+/// - its name is free in every region it appears in (its home region, or every region for a
+///   multi-region trail; a multi-region trail elsewhere occupies its name here too);
+/// - no region would hold more than `max_per_region` trails (a multi-region trail counts once in
+///   every region).
+pub fn check_placement(
+    others: &[Trail],
+    trail: &Trail,
+    max_per_region: usize,
+) -> Result<(), CatalogError> {
+    let clash = others.iter().any(|t| {
+        t.name == trail.name
+            && (t.home_region == trail.home_region
+                || t.is_multi_region_trail
+                || trail.is_multi_region_trail)
+    });
+    if clash {
+        return Err(CatalogError::AlreadyExists(trail.name.clone()));
+    }
+    let mut regions: Vec<&str> = others.iter().map(|t| t.home_region.as_str()).collect();
+    regions.push(&trail.home_region);
+    regions.sort_unstable();
+    regions.dedup();
+    for region in regions {
+        if !trail.is_multi_region_trail && region != trail.home_region {
+            continue;
+        }
+        let count = others
+            .iter()
+            .filter(|t| t.is_multi_region_trail || t.home_region == region)
+            .count();
+        if count + 1 > max_per_region {
+            return Err(CatalogError::QuotaExceeded {
+                region: region.to_owned(),
+                max: max_per_region,
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -300,7 +326,7 @@ mod tests {
         cat.create(&trail("one", "eu-west-1", false), 5)
             .expect("other region");
         let changed = cat
-            .modify(&t.arn, |t| -> Result<(), ()> {
+            .modify(&t.arn, 5, |t| -> Result<(), ()> {
                 t.is_logging = true;
                 Ok(())
             })
@@ -309,7 +335,7 @@ mod tests {
             .expect("exists");
         assert!(changed.is_logging);
         assert_eq!(
-            cat.modify(&t.arn, |_| Err("no")).expect("modify"),
+            cat.modify(&t.arn, 5, |_| Err("no")).expect("modify"),
             Err("no")
         );
         drop(cat);
@@ -340,6 +366,73 @@ mod tests {
         ));
         cat.create(&trail("u1", "us-east-1", false), 2)
             .expect("us-east-1 has room");
+        // Turning u1 multi-region would overflow eu-west-1: refused, and u1 stays as it was.
+        let u1 = trail("u1", "us-east-1", false);
+        let refused = cat.modify(&u1.arn, 2, |t| -> Result<(), ()> {
+            t.is_multi_region_trail = true;
+            Ok(())
+        });
+        assert!(matches!(refused, Err(CatalogError::QuotaExceeded { .. })));
+        let stored = cat.get(&u1.arn).expect("get").expect("exists");
+        assert!(!stored.is_multi_region_trail);
+    }
+
+    #[test]
+    fn a_multi_region_trail_holds_its_name_in_every_region() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+        cat.create(&trail("shared", "us-east-1", true), 5)
+            .expect("multi");
+        let clash = cat.create(&trail("shared", "eu-west-1", false), 5);
+        assert!(matches!(clash, Err(CatalogError::AlreadyExists(_))));
+        cat.create(&trail("solo", "eu-west-1", false), 5)
+            .expect("solo");
+        let clash = cat.create(&trail("solo", "us-east-1", true), 5);
+        assert!(matches!(clash, Err(CatalogError::AlreadyExists(_))));
+        cat.create(&trail("solo", "us-east-1", false), 5)
+            .expect("single-region trails may share a name across regions");
+    }
+
+    fn fixture_path() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1/catalog.db")
+    }
+
+    /// The committed schema-v1 catalog (made by `make_fixture`, never regenerated for v1) still
+    /// opens and reads back exactly.
+    #[test]
+    fn fixture_v1_reads_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("catalog.db");
+        std::fs::copy(fixture_path(), &path).expect("copy fixture");
+        let cat = Catalog::open(&path).expect("open v1");
+        let mut expected = trail("fixture-trail", "us-east-1", true);
+        expected.is_logging = true;
+        expected.start_logging_ms = Some(1_767_323_045_000);
+        expected.tags = vec![Tag {
+            key: "team".into(),
+            value: Some("security".into()),
+        }];
+        assert_eq!(cat.get(&expected.arn).expect("get"), Some(expected));
+        assert_eq!(cat.all_trails().expect("all").len(), 1);
+    }
+
+    #[test]
+    #[ignore = "writes the committed v1 fixture; never rerun for v1"]
+    fn make_fixture() {
+        let path = fixture_path();
+        let _ = std::fs::remove_file(&path);
+        let cat = Catalog::open(&path).expect("open");
+        let mut t = trail("fixture-trail", "us-east-1", true);
+        t.is_logging = true;
+        t.start_logging_ms = Some(1_767_323_045_000);
+        t.tags = vec![Tag {
+            key: "team".into(),
+            value: Some("security".into()),
+        }];
+        cat.create(&t, 5).expect("create");
+        let conn = cat.conn().expect("conn");
+        conn.pragma_update(None, "journal_mode", "DELETE")
+            .expect("leave WAL so the file is whole");
     }
 
     #[test]

@@ -35,6 +35,69 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Manage buckets of the local bucket store (`<data_dir>/buckets/NAME/` by default).
+    Buckets {
+        /// Data directory [default: ./opentrail-data; env OPENTRAIL_DATA_DIR].
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        /// TOML settings file.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: BucketAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum BucketAction {
+    /// Create a bucket (S3 bucket naming rules apply).
+    Create { name: String },
+    /// List the buckets.
+    List,
+}
+
+fn load_settings(
+    config: Option<&std::path::Path>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<Settings> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let mut settings = Settings::load(config, &env)?;
+    if let Some(d) = data_dir {
+        settings.data_dir = d;
+    }
+    Ok(settings)
+}
+
+fn buckets(settings: &Settings, action: BucketAction) -> anyhow::Result<()> {
+    let root = settings.bucket_path("");
+    match action {
+        BucketAction::Create { name } => {
+            opentrail_model::names::check_bucket_name(&name).map_err(anyhow::Error::msg)?;
+            let path = settings.bucket_path(&name);
+            if path.is_dir() {
+                anyhow::bail!("bucket {name} already exists at {}", path.display());
+            }
+            std::fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            println!("created bucket {name} at {}", path.display());
+        }
+        BucketAction::List => {
+            let mut names: Vec<String> = match std::fs::read_dir(&root) {
+                Ok(rd) => rd
+                    .filter_map(Result::ok)
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", root.display())),
+            };
+            names.sort();
+            for n in names {
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn init_tracing(format: &str) {
@@ -74,20 +137,31 @@ async fn shutdown_signal() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("opentrail: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Buckets {
+            data_dir,
+            config,
+            action,
+        } => buckets(&load_settings(config.as_deref(), data_dir)?, action),
         Command::Serve {
             data_dir,
             listen,
             config,
         } => {
-            let env: HashMap<String, String> = std::env::vars().collect();
-            let mut settings = Settings::load(config.as_deref(), &env)?;
-            if let Some(d) = data_dir {
-                settings.data_dir = d;
-            }
+            let mut settings = load_settings(config.as_deref(), data_dir)?;
             if let Some(l) = listen {
                 settings.listen = l;
             }

@@ -14,7 +14,7 @@ use opentrail_protocol::{
 use crate::App;
 use crate::audit::{self, Outcome};
 use crate::http::{BodyError, json_response, read_body};
-use crate::lookup;
+use crate::{lookup, trails};
 
 /// Largest CloudTrail API request body accepted.
 const MAX_API_BODY: usize = 1024 * 1024;
@@ -88,6 +88,10 @@ fn error_reply(ctx: &CallContext, e: &ApiError) -> Response {
     reply(ctx, status, e.body())
 }
 
+fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value).map_err(|e| ApiError::new(Exception::InternalFailure, e.to_string()))
+}
+
 /// Runs one operation on its typed request.
 async fn dispatch(
     app: &Arc<App>,
@@ -95,13 +99,45 @@ async fn dispatch(
     op: Operation,
     body: &[u8],
 ) -> Result<Vec<u8>, ApiError> {
+    let empty = |()| b"{}".to_vec();
     match op {
         Operation::LookupEvents => {
-            let req = parse_request(body)?;
-            let resp = lookup::lookup_events(app, ctx, req).await?;
-            serde_json::to_vec(&resp)
-                .map_err(|e| ApiError::new(Exception::InternalFailure, e.to_string()))
+            json(&lookup::lookup_events(app, ctx, parse_request(body)?).await?)
         }
+        Operation::CreateTrail => {
+            json(&trails::create_trail(app, ctx, parse_request(body)?).await?)
+        }
+        Operation::UpdateTrail => {
+            json(&trails::update_trail(app, ctx, parse_request(body)?).await?)
+        }
+        Operation::DeleteTrail => trails::delete_trail(app, ctx, parse_request(body)?)
+            .await
+            .map(empty),
+        Operation::GetTrail => json(&trails::get_trail(app, ctx, parse_request(body)?).await?),
+        Operation::DescribeTrails => {
+            json(&trails::describe_trails(app, ctx, parse_request(body)?).await?)
+        }
+        Operation::ListTrails => {
+            let _: opentrail_protocol::trails::ListTrailsRequest = parse_request(body)?;
+            json(&trails::list_trails(app, ctx).await?)
+        }
+        Operation::GetTrailStatus => {
+            json(&trails::get_trail_status(app, ctx, parse_request(body)?).await?)
+        }
+        Operation::StartLogging => trails::set_logging(app, ctx, parse_request(body)?, true)
+            .await
+            .map(empty),
+        Operation::StopLogging => trails::set_logging(app, ctx, parse_request(body)?, false)
+            .await
+            .map(empty),
+        Operation::AddTags => trails::add_tags(app, ctx, parse_request(body)?)
+            .await
+            .map(empty),
+        Operation::RemoveTags => trails::remove_tags(app, ctx, parse_request(body)?)
+            .await
+            .map(empty),
+        Operation::ListTags => json(&trails::list_tags(app, ctx, parse_request(body)?).await?),
+        Operation::ListPublicKeys => json(&trails::list_public_keys(parse_request(body)?)?),
         other => Err(ApiError::new(
             Exception::UnsupportedOperationException,
             format!(

@@ -13,6 +13,7 @@ pub mod config;
 mod http;
 mod ingest;
 mod lookup;
+mod trails;
 mod views;
 
 use std::future::Future;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
+use opentrail_catalog::{Catalog, CatalogError};
 use opentrail_index::{HistoryIndex, IndexError};
 use opentrail_log::{EventLog, LogConfig, LogError};
 use tokio::net::TcpListener;
@@ -37,6 +39,8 @@ pub enum ServerError {
     Log(#[from] LogError),
     #[error("history index: {0}")]
     Index(#[from] IndexError),
+    #[error("catalog: {0}")]
+    Catalog(#[from] CatalogError),
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
     #[error("a startup task failed: {0}")]
@@ -48,6 +52,7 @@ pub(crate) struct App {
     pub settings: Settings,
     pub log: EventLog,
     pub index: HistoryIndex,
+    pub catalog: Catalog,
 }
 
 impl App {
@@ -70,7 +75,7 @@ pub async fn run(
     settings.validate()?;
     let data_dir = settings.data_dir.clone();
     let segment_bytes = settings.log_segment_bytes;
-    let (log, index) = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+    let (log, index, catalog) = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
         std::fs::create_dir_all(&data_dir)?;
         let mut log_config = LogConfig::new(data_dir.join("log"));
         log_config.segment_bytes = segment_bytes;
@@ -82,13 +87,15 @@ pub async fn run(
             "event log recovered"
         );
         let index = HistoryIndex::open(&data_dir.join("index"), log.clone())?;
-        Ok((log, index))
+        let catalog = Catalog::open(&data_dir.join("catalog.db"))?;
+        Ok((log, index, catalog))
     })
     .await??;
     let app = Arc::new(App {
         settings,
         log: log.clone(),
         index: index.clone(),
+        catalog,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
