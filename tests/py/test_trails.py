@@ -927,15 +927,11 @@ def test_list_public_keys(ct):
 
 
 def test_unsupported_operations(trails, ct):
+    # Lake operations are not built: a clear refusal, never a fake success.
     created = trails.create()
-    expect_error("UnsupportedOperationException", 400, ct.put_event_selectors,
-                 TrailName=created["TrailARN"],
-                 EventSelectors=[{"ReadWriteType": "All", "IncludeManagementEvents": True}])
-    expect_error("UnsupportedOperationException", 400, ct.get_event_selectors,
-                 TrailName=created["Name"])
     expect_error("UnsupportedOperationException", 400, ct.create_event_data_store,
                  Name=f"eds-{uid()}")
-    # Still no custom selectors.
+    expect_error("UnsupportedOperationException", 400, ct.list_event_data_stores)
     assert ct.get_trail(Name=created["Name"])["Trail"]["HasCustomEventSelectors"] is False
 
 

@@ -6,6 +6,7 @@ pub mod ingest;
 pub mod lookup;
 pub mod names;
 pub mod record;
+pub mod selectors;
 pub mod time;
 
 pub use ingest::{

@@ -203,3 +203,68 @@ pub struct PublicKey {
 pub struct ListPublicKeysResponse {
     pub public_key_list: Vec<PublicKey>,
 }
+
+/// PutEventSelectors input: basic or advanced selectors, not both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutEventSelectorsRequest {
+    pub trail_name: String,
+    #[serde(default)]
+    pub event_selectors: Option<Vec<opentrail_model::selectors::EventSelector>>,
+    #[serde(default)]
+    pub advanced_event_selectors: Option<Vec<opentrail_model::selectors::AdvancedEventSelector>>,
+}
+
+/// GetEventSelectors input.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TrailNameRequest {
+    #[serde(default)]
+    pub trail_name: Option<String>,
+    #[serde(default)]
+    pub event_data_store: Option<String>,
+}
+
+/// Put/GetEventSelectors output.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EventSelectorsResponse {
+    #[serde(rename = "TrailARN")]
+    pub trail_arn: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_selectors: Option<Vec<opentrail_model::selectors::EventSelector>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advanced_event_selectors: Option<Vec<opentrail_model::selectors::AdvancedEventSelector>>,
+}
+
+/// `{InsightType?, EventCategories?}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InsightSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insight_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_categories: Option<Vec<String>>,
+}
+
+/// PutInsightSelectors input.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PutInsightSelectorsRequest {
+    #[serde(default)]
+    pub trail_name: Option<String>,
+    #[serde(default)]
+    pub event_data_store: Option<String>,
+    #[serde(default)]
+    pub insights_destination: Option<String>,
+    pub insight_selectors: Vec<InsightSelector>,
+}
+
+/// Put/GetInsightSelectors output.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InsightSelectorsResponse {
+    #[serde(rename = "TrailARN")]
+    pub trail_arn: String,
+    pub insight_selectors: Vec<InsightSelector>,
+}

@@ -138,6 +138,18 @@ async fn dispatch(
             .map(empty),
         Operation::ListTags => json(&trails::list_tags(app, ctx, parse_request(body)?).await?),
         Operation::ListPublicKeys => json(&trails::list_public_keys(parse_request(body)?)?),
+        Operation::PutEventSelectors => {
+            json(&trails::put_event_selectors(app, ctx, parse_request(body)?).await?)
+        }
+        Operation::GetEventSelectors => {
+            json(&trails::get_event_selectors(app, ctx, parse_request(body)?).await?)
+        }
+        Operation::PutInsightSelectors => {
+            json(&trails::put_insight_selectors(app, ctx, parse_request(body)?).await?)
+        }
+        Operation::GetInsightSelectors => {
+            json(&trails::get_insight_selectors(app, ctx, parse_request(body)?).await?)
+        }
         other => Err(ApiError::new(
             Exception::UnsupportedOperationException,
             format!(

@@ -889,3 +889,261 @@ pub(crate) fn list_public_keys(
         public_key_list: Vec::new(),
     })
 }
+
+use opentrail_model::selectors::{
+    EventSelector, Selectors, logs_management, validate_advanced, validate_basic,
+};
+use opentrail_protocol::trails::{
+    EventSelectorsResponse, InsightSelector, InsightSelectorsResponse, PutEventSelectorsRequest,
+    PutInsightSelectorsRequest, TrailNameRequest,
+};
+
+/// The selectors in force on a trail (CloudTrail's defaults when none were put).
+pub(crate) fn selectors_of(t: &Trail) -> Result<Selectors, ApiError> {
+    let damaged = |e: serde_json::Error| {
+        err(
+            Exception::InternalFailure,
+            format!("stored selectors of {} are unreadable: {e}", t.arn),
+        )
+    };
+    if let Some(a) = &t.advanced_event_selectors {
+        return Ok(Selectors::Advanced(
+            serde_json::from_value(a.clone()).map_err(damaged)?,
+        ));
+    }
+    if let Some(b) = &t.event_selectors {
+        return Ok(Selectors::Basic(
+            serde_json::from_value(b.clone()).map_err(damaged)?,
+        ));
+    }
+    Ok(Selectors::Basic(EventSelector::default_selectors()))
+}
+
+fn selectors_response(t: &Trail) -> Result<EventSelectorsResponse, ApiError> {
+    Ok(match selectors_of(t)? {
+        Selectors::Basic(b) => EventSelectorsResponse {
+            trail_arn: t.arn.clone(),
+            event_selectors: Some(b),
+            advanced_event_selectors: None,
+        },
+        Selectors::Advanced(a) => EventSelectorsResponse {
+            trail_arn: t.arn.clone(),
+            event_selectors: None,
+            advanced_event_selectors: Some(a),
+        },
+    })
+}
+
+fn trail_name(req: &TrailNameRequest) -> Result<&str, ApiError> {
+    match (&req.trail_name, &req.event_data_store) {
+        (Some(_), Some(_)) => Err(err(
+            Exception::InvalidParameterCombinationException,
+            "give TrailName or EventDataStore, not both",
+        )),
+        (None, Some(_)) => Err(err(
+            Exception::UnsupportedOperationException,
+            "event data stores are not implemented by this OpenTrail server yet",
+        )),
+        (Some(n), None) => Ok(n),
+        (None, None) => Err(err(
+            Exception::InvalidParameterException,
+            "TrailName is required",
+        )),
+    }
+}
+
+pub(crate) async fn put_event_selectors(
+    app: &Arc<App>,
+    ctx: &CallContext,
+    req: PutEventSelectorsRequest,
+) -> Result<EventSelectorsResponse, ApiError> {
+    let t = resolve(app, ctx, &req.trail_name).await?;
+    check_owner_and_home(ctx, &t)?;
+    let invalid = |m: String| err(Exception::InvalidEventSelectorsException, m);
+    let (basic, advanced) = match (req.event_selectors, req.advanced_event_selectors) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                Exception::InvalidParameterCombinationException,
+                "give EventSelectors or AdvancedEventSelectors, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "EventSelectors or AdvancedEventSelectors is required".into(),
+            ));
+        }
+        (Some(b), None) => {
+            validate_basic(&b).map_err(invalid)?;
+            (Some(b), None)
+        }
+        (None, Some(a)) => {
+            validate_advanced(&a).map_err(invalid)?;
+            (None, Some(a))
+        }
+    };
+    let basic_json = basic.as_ref().map(to_stored).transpose()?;
+    let advanced_json = advanced.as_ref().map(to_stored).transpose()?;
+    let arn = t.arn.clone();
+    let max = app.settings.max_trails_per_region;
+    let updated = with_catalog(app, move |c| {
+        c.modify(&arn, max, |t| -> Result<(), ()> {
+            t.event_selectors = basic_json;
+            t.advanced_event_selectors = advanced_json;
+            t.has_custom_event_selectors = true;
+            Ok(())
+        })
+    })
+    .await?;
+    match updated {
+        Ok(Some(t)) => selectors_response(&t),
+        _ => Err(err(
+            Exception::TrailNotFoundException,
+            format!(
+                "Unknown trail: {} for the user: {}",
+                req.trail_name, ctx.account
+            ),
+        )),
+    }
+}
+
+/// Serializes selector lists for the catalog.
+fn to_stored<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(value).map_err(|e| err(Exception::InternalFailure, e.to_string()))
+}
+
+pub(crate) async fn get_event_selectors(
+    app: &Arc<App>,
+    ctx: &CallContext,
+    req: TrailNameRequest,
+) -> Result<EventSelectorsResponse, ApiError> {
+    let t = resolve(app, ctx, trail_name(&req)?).await?;
+    selectors_response(&t)
+}
+
+pub(crate) async fn put_insight_selectors(
+    app: &Arc<App>,
+    ctx: &CallContext,
+    req: PutInsightSelectorsRequest,
+) -> Result<InsightSelectorsResponse, ApiError> {
+    let name_req = TrailNameRequest {
+        trail_name: req.trail_name.clone(),
+        event_data_store: req.event_data_store.clone(),
+    };
+    if req.insights_destination.is_some() && req.event_data_store.is_none() {
+        return Err(err(
+            Exception::InvalidParameterCombinationException,
+            "InsightsDestination goes with EventDataStore only",
+        ));
+    }
+    let t = resolve(app, ctx, trail_name(&name_req)?).await?;
+    check_owner_and_home(ctx, &t)?;
+    let invalid = |m: String| err(Exception::InvalidInsightSelectorsException, m);
+    let selectors = selectors_of(&t)?;
+    let logs_data = match &selectors {
+        Selectors::Basic(b) => b
+            .iter()
+            .any(|s| s.data_resources.as_ref().is_some_and(|d| !d.is_empty())),
+        Selectors::Advanced(a) => a.iter().any(|s| {
+            s.field_selectors.iter().any(|f| {
+                f.field == "eventCategory" && f.equals.iter().flatten().any(|v| v == "Data")
+            })
+        }),
+    };
+    let mut seen = Vec::new();
+    for s in &req.insight_selectors {
+        let kind = s.insight_type.as_deref().unwrap_or("");
+        let needs_write = match kind {
+            "ApiCallRateInsight" => true,
+            "ApiErrorRateInsight" => false,
+            other => {
+                return Err(invalid(format!(
+                    "InsightType {other:?} is not ApiCallRateInsight or ApiErrorRateInsight"
+                )));
+            }
+        };
+        if seen.contains(&kind) {
+            return Err(invalid(format!(
+                "InsightType {kind} is given more than once"
+            )));
+        }
+        seen.push(kind);
+        let categories = s
+            .event_categories
+            .clone()
+            .unwrap_or_else(|| vec!["Management".into()]);
+        for c in &categories {
+            match c.as_str() {
+                "Management" if !logs_management(&selectors, needs_write) => {
+                    return Err(invalid(format!(
+                        "{kind} needs the trail to log {} management events",
+                        if needs_write {
+                            "write"
+                        } else {
+                            "read or write"
+                        }
+                    )));
+                }
+                "Data" if !logs_data => {
+                    return Err(invalid(format!(
+                        "{kind} on data events needs the trail to log data events"
+                    )));
+                }
+                "Management" | "Data" => {}
+                other => {
+                    return Err(invalid(format!(
+                        "EventCategories value {other:?} is not Management or Data"
+                    )));
+                }
+            }
+        }
+    }
+    let stored = if req.insight_selectors.is_empty() {
+        None
+    } else {
+        Some(to_stored(&req.insight_selectors)?)
+    };
+    let arn = t.arn.clone();
+    let max = app.settings.max_trails_per_region;
+    with_catalog(app, move |c| {
+        c.modify(&arn, max, |t| -> Result<(), ()> {
+            t.insight_selectors = stored;
+            Ok(())
+        })
+    })
+    .await?
+    .map_err(|()| {
+        err(
+            Exception::InternalFailure,
+            "insight selectors could not be stored",
+        )
+    })?;
+    Ok(InsightSelectorsResponse {
+        trail_arn: t.arn,
+        insight_selectors: req.insight_selectors,
+    })
+}
+
+pub(crate) async fn get_insight_selectors(
+    app: &Arc<App>,
+    ctx: &CallContext,
+    req: TrailNameRequest,
+) -> Result<InsightSelectorsResponse, ApiError> {
+    let t = resolve(app, ctx, trail_name(&req)?).await?;
+    let Some(stored) = &t.insight_selectors else {
+        return Err(err(
+            Exception::InsightNotEnabledException,
+            format!("Trail {} does not have Insights enabled.", t.arn),
+        ));
+    };
+    let insight_selectors: Vec<InsightSelector> =
+        serde_json::from_value(stored.clone()).map_err(|e| {
+            err(
+                Exception::InternalFailure,
+                format!("stored insight selectors are unreadable: {e}"),
+            )
+        })?;
+    Ok(InsightSelectorsResponse {
+        trail_arn: t.arn,
+        insight_selectors,
+    })
+}
