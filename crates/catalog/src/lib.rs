@@ -74,6 +74,46 @@ pub struct Trail {
     pub created_ms: i64,
 }
 
+impl Trail {
+    /// A new trail with CloudTrail's defaults: global service events included, single-region, no
+    /// log file validation, default selectors, no Insights, not logging.
+    pub fn new(
+        arn: String,
+        name: String,
+        account: String,
+        home_region: String,
+        bucket: String,
+        created_ms: i64,
+    ) -> Self {
+        Self {
+            v: TRAIL_BODY_VERSION,
+            arn,
+            name,
+            account,
+            home_region,
+            s3_bucket_name: bucket,
+            s3_key_prefix: None,
+            sns_topic_arn: None,
+            include_global_service_events: true,
+            is_multi_region_trail: false,
+            log_file_validation_enabled: false,
+            cloud_watch_logs_log_group_arn: None,
+            cloud_watch_logs_role_arn: None,
+            kms_key_arn: None,
+            is_organization_trail: false,
+            event_selectors: None,
+            advanced_event_selectors: None,
+            has_custom_event_selectors: false,
+            insight_selectors: None,
+            tags: Vec::new(),
+            is_logging: false,
+            start_logging_ms: None,
+            stop_logging_ms: None,
+            created_ms,
+        }
+    }
+}
+
 /// The catalog.
 pub struct Catalog {
     conn: Mutex<Connection>,
@@ -280,35 +320,20 @@ mod tests {
     use super::*;
 
     pub(crate) fn trail(name: &str, region: &str, multi: bool) -> Trail {
-        Trail {
-            v: TRAIL_BODY_VERSION,
-            arn: format!("arn:aws:cloudtrail:{region}:111122223333:trail/{name}"),
-            name: name.into(),
-            account: "111122223333".into(),
-            home_region: region.into(),
-            s3_bucket_name: "bucket".into(),
-            s3_key_prefix: None,
-            sns_topic_arn: None,
-            include_global_service_events: true,
-            is_multi_region_trail: multi,
-            log_file_validation_enabled: false,
-            cloud_watch_logs_log_group_arn: None,
-            cloud_watch_logs_role_arn: None,
-            kms_key_arn: None,
-            is_organization_trail: false,
-            event_selectors: None,
-            advanced_event_selectors: None,
-            has_custom_event_selectors: false,
-            insight_selectors: None,
-            tags: vec![Tag {
-                key: "k".into(),
-                value: None,
-            }],
-            is_logging: false,
-            start_logging_ms: None,
-            stop_logging_ms: None,
-            created_ms: 1,
-        }
+        let mut t = Trail::new(
+            format!("arn:aws:cloudtrail:{region}:111122223333:trail/{name}"),
+            name.into(),
+            "111122223333".into(),
+            region.into(),
+            "bucket".into(),
+            1,
+        );
+        t.is_multi_region_trail = multi;
+        t.tags = vec![Tag {
+            key: "k".into(),
+            value: None,
+        }];
+        t
     }
 
     #[test]

@@ -208,8 +208,6 @@ fn tags_valid(tags: &[Tag]) -> Result<(), ApiError> {
 struct Checked {
     sns_topic_arn: Option<Option<String>>,
     kms_key_arn: Option<Option<String>>,
-    log_group: Option<Option<String>>,
-    role: Option<Option<String>>,
 }
 
 fn check_topic(app: &App, ctx: &CallContext, topic: &str) -> Result<Option<String>, ApiError> {
@@ -451,14 +449,6 @@ async fn check_settings(
     Ok(Checked {
         sns_topic_arn,
         kms_key_arn,
-        log_group: s
-            .cloud_watch_logs_log_group_arn
-            .clone()
-            .map(|g| Some(g).filter(|g| !g.is_empty())),
-        role: s
-            .cloud_watch_logs_role_arn
-            .clone()
-            .map(|r| Some(r).filter(|r| !r.is_empty())),
     })
 }
 
@@ -497,12 +487,6 @@ fn apply_checked(t: &mut Trail, c: Checked) {
     if let Some(v) = c.kms_key_arn {
         t.kms_key_arn = v;
     }
-    if let Some(v) = c.log_group {
-        t.cloud_watch_logs_log_group_arn = v;
-    }
-    if let Some(v) = c.role {
-        t.cloud_watch_logs_role_arn = v;
-    }
 }
 
 pub(crate) async fn create_trail(
@@ -525,38 +509,21 @@ pub(crate) async fn create_trail(
         ));
     }
     tags_valid(&tags)?;
-    let mut trail = Trail {
-        v: opentrail_catalog::TRAIL_BODY_VERSION,
-        arn: TrailArn::new(&ctx.region, &ctx.account, &s.name).to_string(),
-        name: s.name.clone(),
-        account: ctx.account.clone(),
-        home_region: ctx.region.clone(),
-        s3_bucket_name: String::new(),
-        s3_key_prefix: None,
-        sns_topic_arn: None,
-        include_global_service_events: true,
-        is_multi_region_trail: false,
-        log_file_validation_enabled: false,
-        cloud_watch_logs_log_group_arn: None,
-        cloud_watch_logs_role_arn: None,
-        kms_key_arn: None,
-        is_organization_trail: false,
-        event_selectors: None,
-        advanced_event_selectors: None,
-        has_custom_event_selectors: false,
-        insight_selectors: None,
-        tags: tags
-            .into_iter()
-            .map(|t| StoredTag {
-                key: t.key,
-                value: t.value,
-            })
-            .collect(),
-        is_logging: false,
-        start_logging_ms: None,
-        stop_logging_ms: None,
-        created_ms: ctx.now_ms,
-    };
+    let mut trail = Trail::new(
+        TrailArn::new(&ctx.region, &ctx.account, &s.name).to_string(),
+        s.name.clone(),
+        ctx.account.clone(),
+        ctx.region.clone(),
+        String::new(),
+        ctx.now_ms,
+    );
+    trail.tags = tags
+        .into_iter()
+        .map(|t| StoredTag {
+            key: t.key,
+            value: t.value,
+        })
+        .collect();
     apply_plain(&mut trail, &s);
     let checked = check_settings(app, ctx, &s, &trail).await?;
     apply_checked(&mut trail, checked);
