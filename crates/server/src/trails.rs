@@ -61,6 +61,16 @@ async fn with_catalog<T: Send + 'static>(
         .map_err(store_err)
 }
 
+/// Changes one trail in one catalog transaction (see [`Catalog::modify`]).
+async fn modify_trail<E: Send + 'static>(
+    app: &Arc<App>,
+    arn: String,
+    change: impl FnOnce(&mut Trail) -> Result<(), E> + Send + 'static,
+) -> Result<Result<Option<Trail>, E>, ApiError> {
+    let max = app.settings.max_trails_per_region;
+    with_catalog(app, move |c| c.modify(&arn, max, change)).await
+}
+
 /// Whether `account` sees organization trails of the management account.
 fn in_organization(app: &App, account: &str) -> bool {
     app.settings.organization_id.is_some()
@@ -567,20 +577,17 @@ pub(crate) async fn update_trail(
     apply_checked(&mut merged, checked);
     let stored = merged.clone();
     let arn = current.arn.clone();
-    let max = app.settings.max_trails_per_region;
-    let updated = with_catalog(app, move |c| {
-        c.modify(&arn, max, |t| -> Result<(), ()> {
-            // Logging state and selectors may have changed meanwhile; keep them.
-            let keep = (
-                t.is_logging,
-                t.start_logging_ms,
-                t.stop_logging_ms,
-                t.tags.clone(),
-            );
-            *t = stored;
-            (t.is_logging, t.start_logging_ms, t.stop_logging_ms, t.tags) = keep;
-            Ok(())
-        })
+    let updated = modify_trail(app, arn, move |t| -> Result<(), ()> {
+        // Logging state and selectors may have changed meanwhile; keep them.
+        let keep = (
+            t.is_logging,
+            t.start_logging_ms,
+            t.stop_logging_ms,
+            t.tags.clone(),
+        );
+        *t = stored;
+        (t.is_logging, t.start_logging_ms, t.stop_logging_ms, t.tags) = keep;
+        Ok(())
     })
     .await?;
     match updated {
@@ -693,18 +700,15 @@ pub(crate) async fn set_logging(
     check_owner_and_home(ctx, &t)?;
     let now = ctx.now_ms;
     let arn = t.arn.clone();
-    let max = app.settings.max_trails_per_region;
-    with_catalog(app, move |c| {
-        c.modify(&arn, max, |t| -> Result<(), ()> {
-            if on && !t.is_logging {
-                t.is_logging = true;
-                t.start_logging_ms = Some(now);
-            } else if !on && t.is_logging {
-                t.is_logging = false;
-                t.stop_logging_ms = Some(now);
-            }
-            Ok(())
-        })
+    modify_trail(app, arn, move |t| -> Result<(), ()> {
+        if on && !t.is_logging {
+            t.is_logging = true;
+            t.start_logging_ms = Some(now);
+        } else if !on && t.is_logging {
+            t.is_logging = false;
+            t.stop_logging_ms = Some(now);
+        }
+        Ok(())
     })
     .await?
     .map_err(|()| {
@@ -751,26 +755,23 @@ pub(crate) async fn add_tags(
     tags_valid(&req.tags_list)?;
     let arn = t.arn.clone();
     let added = req.tags_list;
-    let max = app.settings.max_trails_per_region;
-    with_catalog(app, move |c| {
-        c.modify(&arn, max, |t| {
-            for tag in added {
-                match t.tags.iter_mut().find(|x| x.key == tag.key) {
-                    Some(existing) => existing.value = tag.value,
-                    None => t.tags.push(StoredTag {
-                        key: tag.key,
-                        value: tag.value,
-                    }),
-                }
+    modify_trail(app, arn, move |t| {
+        for tag in added {
+            match t.tags.iter_mut().find(|x| x.key == tag.key) {
+                Some(existing) => existing.value = tag.value,
+                None => t.tags.push(StoredTag {
+                    key: tag.key,
+                    value: tag.value,
+                }),
             }
-            if t.tags.len() > MAX_TAGS {
-                return Err(err(
-                    Exception::TagsLimitExceededException,
-                    format!("a trail can have at most {MAX_TAGS} tags"),
-                ));
-            }
-            Ok(())
-        })
+        }
+        if t.tags.len() > MAX_TAGS {
+            return Err(err(
+                Exception::TagsLimitExceededException,
+                format!("a trail can have at most {MAX_TAGS} tags"),
+            ));
+        }
+        Ok(())
     })
     .await??;
     Ok(())
@@ -786,12 +787,9 @@ pub(crate) async fn remove_tags(
     tags_valid(&req.tags_list)?;
     let arn = t.arn.clone();
     let keys: Vec<String> = req.tags_list.into_iter().map(|t| t.key).collect();
-    let max = app.settings.max_trails_per_region;
-    with_catalog(app, move |c| {
-        c.modify(&arn, max, |t| -> Result<(), ApiError> {
-            t.tags.retain(|x| !keys.contains(&x.key));
-            Ok(())
-        })
+    modify_trail(app, arn, move |t| -> Result<(), ApiError> {
+        t.tags.retain(|x| !keys.contains(&x.key));
+        Ok(())
     })
     .await??;
     Ok(())
@@ -951,14 +949,11 @@ pub(crate) async fn put_event_selectors(
     let basic_json = basic.as_ref().map(to_stored).transpose()?;
     let advanced_json = advanced.as_ref().map(to_stored).transpose()?;
     let arn = t.arn.clone();
-    let max = app.settings.max_trails_per_region;
-    let updated = with_catalog(app, move |c| {
-        c.modify(&arn, max, |t| -> Result<(), ()> {
-            t.event_selectors = basic_json;
-            t.advanced_event_selectors = advanced_json;
-            t.has_custom_event_selectors = true;
-            Ok(())
-        })
+    let updated = modify_trail(app, arn, move |t| -> Result<(), ()> {
+        t.event_selectors = basic_json;
+        t.advanced_event_selectors = advanced_json;
+        t.has_custom_event_selectors = true;
+        Ok(())
     })
     .await?;
     match updated {
@@ -1070,12 +1065,9 @@ pub(crate) async fn put_insight_selectors(
         Some(to_stored(&req.insight_selectors)?)
     };
     let arn = t.arn.clone();
-    let max = app.settings.max_trails_per_region;
-    with_catalog(app, move |c| {
-        c.modify(&arn, max, |t| -> Result<(), ()> {
-            t.insight_selectors = stored;
-            Ok(())
-        })
+    modify_trail(app, arn, move |t| -> Result<(), ()> {
+        t.insight_selectors = stored;
+        Ok(())
     })
     .await?
     .map_err(|()| {
