@@ -1,0 +1,310 @@
+//! Buckets through `object_store`: a local directory per bucket (default) or any S3-compatible
+//! server, globally or per bucket. Writes are create-only and durable when they return.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, RetryConfig,
+};
+
+/// An S3-compatible endpoint and how to sign for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Target {
+    /// `http(s)://host:port`; AWS S3 itself when absent.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// `bucket.host` addressing instead of `host/bucket`.
+    pub virtual_hosted_style: bool,
+}
+
+/// Where a bucket's objects live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Bucket NAME is the directory `<root>/NAME`.
+    LocalRoot(PathBuf),
+    /// This bucket is exactly this directory.
+    LocalDir(PathBuf),
+    S3(S3Target),
+}
+
+/// Why a bucket operation failed. `code` is what GetTrailStatus reports (S3's error codes where
+/// the store gave one).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct BucketError {
+    pub code: String,
+    pub message: String,
+}
+
+impl BucketError {
+    fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn from_store(bucket: &str, e: &object_store::Error) -> Self {
+        let text = e.to_string();
+        let code = text
+            .split("<Code>")
+            .nth(1)
+            .and_then(|rest| rest.split("</Code>").next())
+            .map(str::to_owned)
+            .unwrap_or_else(|| {
+                match e {
+                    object_store::Error::NotFound { .. } => "NoSuchKey",
+                    object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. } => "AccessDenied",
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. } => "PreconditionFailed",
+                    _ if text.contains("connect") || text.contains("timed out") => {
+                        "ServiceUnavailable"
+                    }
+                    _ => "InternalError",
+                }
+                .to_owned()
+            });
+        Self {
+            code,
+            message: format!("bucket {bucket}: {text}"),
+        }
+    }
+}
+
+/// What a create-only write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Created,
+    /// The key was already there: an earlier attempt of the same plan wrote it.
+    AlreadyThere,
+}
+
+/// The bucket stores, built on first use.
+pub struct Buckets {
+    default: Target,
+    overrides: HashMap<String, Target>,
+    s3_cache: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+fn client_options() -> ClientOptions {
+    ClientOptions::new()
+        .with_timeout(Duration::from_secs(60))
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_allow_http(true)
+}
+
+fn path(key: &str) -> Result<StorePath, BucketError> {
+    StorePath::parse(key)
+        .map_err(|e| BucketError::new("InvalidObjectName", format!("object key {key:?}: {e}")))
+}
+
+impl Buckets {
+    pub fn new(default: Target, overrides: HashMap<String, Target>) -> Self {
+        Self {
+            default,
+            overrides,
+            s3_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn target(&self, bucket: &str) -> &Target {
+        self.overrides.get(bucket).unwrap_or(&self.default)
+    }
+
+    /// The local directory of a bucket, for buckets on the local store.
+    pub fn local_dir(&self, bucket: &str) -> Option<PathBuf> {
+        match self.target(bucket) {
+            Target::LocalRoot(root) => Some(root.join(bucket)),
+            Target::LocalDir(dir) => Some(dir.clone()),
+            Target::S3(_) => None,
+        }
+    }
+
+    fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, BucketError> {
+        match self.target(bucket) {
+            Target::LocalRoot(_) | Target::LocalDir(_) => {
+                let dir = self.local_dir(bucket).unwrap_or_default();
+                if !dir.is_dir() {
+                    return Err(BucketError::new(
+                        "NoSuchBucket",
+                        format!(
+                            "bucket {bucket} does not exist (no directory {})",
+                            dir.display()
+                        ),
+                    ));
+                }
+                let fs = LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| BucketError::from_store(bucket, &e))?
+                    .with_fsync(true);
+                Ok(Arc::new(fs))
+            }
+            Target::S3(s3) => {
+                let mut cache = self
+                    .s3_cache
+                    .lock()
+                    .map_err(|_| BucketError::new("InternalError", "bucket cache poisoned"))?;
+                if let Some(s) = cache.get(bucket) {
+                    return Ok(Arc::clone(s));
+                }
+                let mut b = AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(&s3.region)
+                    .with_virtual_hosted_style_request(s3.virtual_hosted_style)
+                    .with_client_options(client_options())
+                    .with_retry(RetryConfig {
+                        backoff: BackoffConfig::default(),
+                        // The delivery worker retries with its own backoff and reports each
+                        // failure; the client only smooths over a blip.
+                        max_retries: 2,
+                        retry_timeout: Duration::from_secs(20),
+                    });
+                if let Some(e) = &s3.endpoint {
+                    b = b.with_endpoint(e);
+                }
+                if let (Some(k), Some(s)) = (&s3.access_key_id, &s3.secret_access_key) {
+                    b = b.with_access_key_id(k).with_secret_access_key(s);
+                }
+                let store: Arc<dyn ObjectStore> =
+                    Arc::new(b.build().map_err(|e| BucketError::from_store(bucket, &e))?);
+                cache.insert(bucket.to_owned(), Arc::clone(&store));
+                Ok(store)
+            }
+        }
+    }
+
+    /// Whether the bucket exists and can be listed.
+    pub async fn exists(&self, bucket: &str) -> Result<bool, BucketError> {
+        let store = match self.store(bucket) {
+            Ok(s) => s,
+            Err(e) if e.code == "NoSuchBucket" => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match store.list_with_delimiter(None).await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let e = BucketError::from_store(bucket, &e);
+                if e.code == "NoSuchBucket" {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Writes `body` under `key` unless the key exists. On the local store the object is
+    /// published whole (staged, then linked into place) and synced before this returns.
+    pub async fn put_create(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+    ) -> Result<Written, BucketError> {
+        let store = self.store(bucket)?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match store
+            .put_opts(&path(key)?, PutPayload::from_bytes(body), opts)
+            .await
+        {
+            Ok(_) => Ok(Written::Created),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(Written::AlreadyThere),
+            Err(e) => Err(BucketError::from_store(bucket, &e)),
+        }
+    }
+
+    /// Every object under `prefix`.
+    pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>, BucketError> {
+        let store = self.store(bucket)?;
+        let prefix = prefix.trim_end_matches('/');
+        let p = if prefix.is_empty() {
+            None
+        } else {
+            Some(path(prefix)?)
+        };
+        store
+            .list(p.as_ref())
+            .try_collect()
+            .await
+            .map_err(|e| BucketError::from_store(bucket, &e))
+    }
+
+    pub async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, BucketError> {
+        let store = self.store(bucket)?;
+        let r = store
+            .get(&path(key)?)
+            .await
+            .map_err(|e| BucketError::from_store(bucket, &e))?;
+        r.bytes()
+            .await
+            .map_err(|e| BucketError::from_store(bucket, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_buckets_are_create_only_and_report_missing_buckets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let buckets = Buckets::new(Target::LocalRoot(dir.path().to_owned()), HashMap::new());
+        assert!(!buckets.exists("b").await.expect("exists"));
+        let err = buckets
+            .put_create("b", "AWSLogs/x.json.gz", Bytes::from_static(b"1"))
+            .await
+            .expect_err("no bucket");
+        assert_eq!(err.code, "NoSuchBucket");
+        std::fs::create_dir(dir.path().join("b")).expect("mkdir");
+        assert!(buckets.exists("b").await.expect("exists"));
+        let key = "AWSLogs/1/CloudTrail/us-east-1/2026/01/02/f.json.gz";
+        assert_eq!(
+            buckets
+                .put_create("b", key, Bytes::from_static(b"first"))
+                .await
+                .expect("put"),
+            Written::Created
+        );
+        assert_eq!(
+            buckets
+                .put_create("b", key, Bytes::from_static(b"second"))
+                .await
+                .expect("put again"),
+            Written::AlreadyThere
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("b").join(key)).expect("read"),
+            b"first"
+        );
+        let listed = buckets.list("b", "AWSLogs/1").await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].location.as_ref(), key);
+        assert_eq!(
+            buckets.get("b", key).await.expect("get"),
+            Bytes::from_static(b"first")
+        );
+        // No staging files are left behind.
+        let names: Vec<_> = std::fs::read_dir(
+            dir.path()
+                .join("b/AWSLogs/1/CloudTrail/us-east-1/2026/01/02"),
+        )
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+        assert_eq!(names.len(), 1);
+    }
+}

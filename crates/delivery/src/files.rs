@@ -1,0 +1,182 @@
+//! Turns a plan's routed records into log files: `{"Records":[...]}` in one gzip member, one
+//! file per (account, region, kind), split so that no file is over CloudTrail's 50 MB.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+
+use crate::filter::Route;
+use crate::layout::{FileIdentity, object_key};
+
+/// Largest JSON text put into one file. Compressed output is never larger than its input by
+/// more than a few bytes per 64 KiB block, so files stay under CloudTrail's 50 MB.
+pub const MAX_FILE_JSON: usize = 49_000_000;
+
+/// A log file ready to publish.
+#[derive(Debug, Clone)]
+pub struct LogFile {
+    pub key: String,
+    pub route: Route,
+    /// The gzip bytes.
+    pub body: Vec<u8>,
+    pub records: usize,
+    /// Size of the JSON inside.
+    pub json_bytes: usize,
+}
+
+/// What names a plan's files.
+#[derive(Debug, Clone, Copy)]
+pub struct Naming<'a> {
+    pub trail_arn: &'a str,
+    pub key_prefix: Option<&'a str>,
+    pub org_id: Option<&'a str>,
+    pub from: u64,
+    pub to: u64,
+    pub time_ms: i64,
+}
+
+struct Part {
+    json: Vec<u8>,
+    records: usize,
+}
+
+const HEAD: &[u8] = b"{\"Records\":[";
+const TAIL: &[u8] = b"]}";
+
+/// Collects routed records into files. Records are kept in log order within a file.
+#[derive(Default)]
+pub struct FileBuilder {
+    groups: BTreeMap<Route, Vec<Part>>,
+}
+
+impl FileBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, route: Route, record_json: &[u8]) {
+        let parts = self.groups.entry(route).or_default();
+        let fits = parts.last().is_some_and(|p| {
+            p.records == 0 || p.json.len() + record_json.len() + 1 + TAIL.len() <= MAX_FILE_JSON
+        });
+        if !fits {
+            let mut json = Vec::with_capacity(64 * 1024);
+            json.extend_from_slice(HEAD);
+            parts.push(Part { json, records: 0 });
+        }
+        if let Some(p) = parts.last_mut() {
+            if p.records > 0 {
+                p.json.push(b',');
+            }
+            p.json.extend_from_slice(record_json);
+            p.records += 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Compresses every file and names it.
+    pub fn finish(self, naming: &Naming<'_>) -> std::io::Result<Vec<LogFile>> {
+        let mut out = Vec::new();
+        for (route, parts) in self.groups {
+            for (i, mut part) in parts.into_iter().enumerate() {
+                part.json.extend_from_slice(TAIL);
+                let id = FileIdentity {
+                    trail_arn: naming.trail_arn,
+                    account: &route.account,
+                    region: &route.region,
+                    kind: route.kind,
+                    from: naming.from,
+                    to: naming.to,
+                    part: u32::try_from(i).unwrap_or(u32::MAX),
+                };
+                let key = object_key(naming.key_prefix, naming.org_id, &id, naming.time_ms);
+                out.push(LogFile {
+                    key,
+                    body: gzip(&part.json)?,
+                    records: part.records,
+                    json_bytes: part.json.len(),
+                    route: route.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One gzip member at level 6 (what `gzip -6` writes, and CloudTrail's validator expects).
+pub fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 8 + 64), Compression::new(6));
+    enc.write_all(data)?;
+    enc.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::FileKind;
+    use std::io::Read;
+
+    fn route(region: &str) -> Route {
+        Route {
+            account: "111122223333".into(),
+            region: region.into(),
+            kind: FileKind::Log,
+        }
+    }
+
+    fn naming() -> Naming<'static> {
+        Naming {
+            trail_arn: "arn:aws:cloudtrail:us-east-1:111122223333:trail/t",
+            key_prefix: None,
+            org_id: None,
+            from: 0,
+            to: 3,
+            time_ms: 1_438_395_037_000,
+        }
+    }
+
+    #[test]
+    fn one_file_per_region_with_the_records_verbatim() {
+        let mut b = FileBuilder::new();
+        b.push(route("us-east-1"), br#"{"a":1}"#);
+        b.push(route("eu-west-1"), br#"{"b":2}"#);
+        b.push(route("us-east-1"), br#"{"c": [3]}"#);
+        let files = b.finish(&naming()).expect("finish");
+        assert_eq!(files.len(), 2);
+        let east = files
+            .iter()
+            .find(|f| f.route.region == "us-east-1")
+            .expect("east");
+        assert_eq!(east.records, 2);
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&east.body[..])
+            .read_to_string(&mut text)
+            .expect("gunzip");
+        assert_eq!(text, r#"{"Records":[{"a":1},{"c": [3]}]}"#);
+        assert!(east.key.contains("/CloudTrail/us-east-1/2015/08/01/"));
+        // Replaying the same plan names the same files.
+        let mut again = FileBuilder::new();
+        again.push(route("us-east-1"), br#"{"a":1}"#);
+        let again = again.finish(&naming()).expect("finish");
+        assert_eq!(again[0].key, east.key);
+    }
+
+    #[test]
+    fn large_groups_split_into_parts_under_the_limit() {
+        let mut b = FileBuilder::new();
+        let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(10_000_000)).into_bytes();
+        for _ in 0..6 {
+            b.push(route("us-east-1"), &big);
+        }
+        let files = b.finish(&naming()).expect("finish");
+        assert_eq!(files.len(), 2);
+        assert!(files.iter().all(|f| f.json_bytes <= MAX_FILE_JSON));
+        assert_eq!(files.iter().map(|f| f.records).sum::<usize>(), 6);
+        assert_ne!(files[0].key, files[1].key);
+    }
+}
