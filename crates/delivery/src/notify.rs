@@ -36,6 +36,11 @@ impl Topics {
         }
     }
 
+    /// Every topic.
+    pub fn all(&self) -> impl Iterator<Item = &Topic> {
+        self.by_name.values()
+    }
+
     /// The topic an SNS topic ARN (or bare name) refers to.
     pub fn get(&self, arn_or_name: &str) -> Option<&Topic> {
         let name = arn_or_name.rsplit(':').next().unwrap_or(arn_or_name);

@@ -31,6 +31,7 @@ exceptions! {
     ConflictException = 409,
     InsightNotEnabledException = 400,
     InsufficientSnsTopicPolicyException = 403,
+    InsufficientS3BucketPolicyException = 403,
     InternalFailure = 500,
     InvalidCloudWatchLogsLogGroupArnException = 400,
     InvalidCloudWatchLogsRoleArnException = 400,

@@ -29,6 +29,8 @@ pub(crate) struct CallContext {
     pub access_key_id: Option<String>,
     pub request_id: String,
     pub now_ms: i64,
+    /// Set by StopLogging: the trail whose logging span closes after this call's record.
+    pub stopped_trail: std::sync::OnceLock<String>,
 }
 
 /// The SigV4 credential (`AKID/date/region/service/aws4_request`) of a request, from the
@@ -72,6 +74,7 @@ fn context(app: &App, headers: &HeaderMap, query: Option<&str>, peer: SocketAddr
         access_key_id: cred.map(|(k, _)| k).filter(|k| !k.is_empty()),
         request_id: uuid::Uuid::new_v4().to_string(),
         now_ms: App::now_ms(),
+        stopped_trail: std::sync::OnceLock::new(),
     }
 }
 
@@ -210,16 +213,23 @@ pub(crate) async fn handle(
         Ok(resp) => Outcome::Success { response: resp },
         Err(e) => Outcome::Failure { error: e },
     };
-    if let Err(e) = audit::record(&app, &ctx, &event_name, read_only, &body, outcome).await {
-        // An audit trail that cannot record its own API calls must not answer them.
-        tracing::error!(error = %e, operation = %event_name, "self-audit record could not be stored");
-        return error_reply(
-            &ctx,
-            &ApiError::new(
-                Exception::ServiceUnavailable,
-                "the call could not be recorded; try again",
-            ),
-        );
+    match audit::record(&app, &ctx, &event_name, read_only, &body, outcome).await {
+        Ok(seq) => {
+            if let (Some(seq), Some(arn)) = (seq, ctx.stopped_trail.get()) {
+                trails::seal_stop(&app, arn.clone(), seq).await;
+            }
+        }
+        Err(e) => {
+            // An audit trail that cannot record its own API calls must not answer them.
+            tracing::error!(error = %e, operation = %event_name, "self-audit record could not be stored");
+            return error_reply(
+                &ctx,
+                &ApiError::new(
+                    Exception::ServiceUnavailable,
+                    "the call could not be recorded; try again",
+                ),
+            );
+        }
     }
     match result {
         Ok(resp) => reply(&ctx, StatusCode::OK, resp),

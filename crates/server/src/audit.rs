@@ -127,7 +127,7 @@ pub(crate) fn build(
 /// Builds and appends the record of one call. A call that changes something is answered only
 /// after its record is durable; a read-only call's record is queued for the next group commit
 /// before the answer is sent (durable within milliseconds, without making every lookup wait for
-/// a disk sync).
+/// a disk sync). Returns the record's sequence number when it waited for it.
 pub(crate) async fn record(
     app: &App,
     ctx: &CallContext,
@@ -135,18 +135,19 @@ pub(crate) async fn record(
     read_only: bool,
     request: &[u8],
     outcome: Outcome<'_>,
-) -> Result<(), AuditError> {
+) -> Result<Option<u64>, AuditError> {
     let record = build(ctx, event_name, read_only, request, &outcome)?;
     let json = record.to_json()?;
     // Event time has second precision, as CloudTrail writes it.
     let time_ms = ctx.now_ms - ctx.now_ms.rem_euclid(1000);
     let pending = app.log.submit(vec![NewRecord { time_ms, json }])?;
-    if !read_only {
-        pending
-            .await
-            .map_err(|_| opentrail_log::LogError::Closed)??;
+    if read_only {
+        return Ok(None);
     }
-    Ok(())
+    let appended = pending
+        .await
+        .map_err(|_| opentrail_log::LogError::Closed)??;
+    Ok(Some(appended.first_seq))
 }
 
 #[cfg(test)]
@@ -163,6 +164,7 @@ mod tests {
             access_key_id: Some("AKIAEXAMPLE".into()),
             request_id: "req-1".into(),
             now_ms: 1_767_323_045_123,
+            stopped_trail: std::sync::OnceLock::new(),
         }
     }
 

@@ -3,10 +3,11 @@
 //! Precedence: built-in defaults < TOML file (`--config`) < environment < command-line flags.
 //! Durations are written like `500ms`, `1s`, `5m`, `1h`, `90d`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use opentrail_delivery::{Organization, S3Target, Target, Topic, Topics};
 use serde::Deserialize;
 
 /// Everything `opentrail serve` can be told.
@@ -44,6 +45,38 @@ pub struct Settings {
     pub organization_management_account: Option<String>,
     /// The organization's member accounts (besides the management account).
     pub organization_members: Vec<String>,
+    /// How often each trail's new events are gathered into log files. Default 5 minutes.
+    pub delivery_interval: Duration,
+    /// Longest wait between retries of a failing delivery or notification. Default 1 minute.
+    pub delivery_max_backoff: Duration,
+    /// An S3-compatible endpoint (`http(s)://host:port`) holding every bucket not configured
+    /// on its own; when absent, buckets are local directories.
+    pub s3_endpoint: Option<String>,
+    /// Region to sign S3 requests for. Default `us-east-1`.
+    pub s3_region: String,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    /// `bucket.host` addressing instead of path-style `host/bucket`. Default false.
+    pub s3_virtual_hosted_style: bool,
+    /// Buckets configured on their own (TOML `[buckets.NAME]` tables only).
+    pub buckets: BTreeMap<String, BucketSettings>,
+    /// Webhook subscribers of SNS topics: `topic=https://host/path` entries.
+    pub sns_subscriptions: Vec<String>,
+    /// The secret each topic signs its notifications with: `topic=secret` entries.
+    pub sns_topic_secrets: Vec<String>,
+}
+
+/// Where one bucket lives, when it is not where the global settings put buckets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSettings {
+    /// A local directory that is this bucket.
+    pub dir: Option<PathBuf>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    pub s3_virtual_hosted_style: Option<bool>,
 }
 
 impl Default for Settings {
@@ -64,6 +97,16 @@ impl Default for Settings {
             organization_id: None,
             organization_management_account: None,
             organization_members: Vec::new(),
+            delivery_interval: Duration::from_secs(300),
+            delivery_max_backoff: Duration::from_secs(60),
+            s3_endpoint: None,
+            s3_region: "us-east-1".to_owned(),
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            s3_virtual_hosted_style: false,
+            buckets: BTreeMap::new(),
+            sns_subscriptions: Vec::new(),
+            sns_topic_secrets: Vec::new(),
         }
     }
 }
@@ -100,6 +143,16 @@ struct FileSettings {
     organization_id: Option<String>,
     organization_management_account: Option<String>,
     organization_members: Option<Vec<String>>,
+    delivery_interval: Option<String>,
+    delivery_max_backoff: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_access_key_id: Option<String>,
+    s3_secret_access_key: Option<String>,
+    s3_virtual_hosted_style: Option<bool>,
+    buckets: Option<BTreeMap<String, BucketSettings>>,
+    sns_subscriptions: Option<Vec<String>>,
+    sns_topic_secrets: Option<Vec<String>>,
 }
 
 fn invalid(name: &str, message: impl Into<String>) -> ConfigError {
@@ -158,6 +211,22 @@ impl Settings {
                 .organization_management_account
                 .or(s.organization_management_account);
             s.organization_members = f.organization_members.unwrap_or(s.organization_members);
+            if let Some(v) = f.delivery_interval {
+                s.delivery_interval = duration("delivery_interval", &v)?;
+            }
+            if let Some(v) = f.delivery_max_backoff {
+                s.delivery_max_backoff = duration("delivery_max_backoff", &v)?;
+            }
+            s.s3_endpoint = f.s3_endpoint.or(s.s3_endpoint);
+            s.s3_region = f.s3_region.unwrap_or(s.s3_region);
+            s.s3_access_key_id = f.s3_access_key_id.or(s.s3_access_key_id);
+            s.s3_secret_access_key = f.s3_secret_access_key.or(s.s3_secret_access_key);
+            s.s3_virtual_hosted_style = f
+                .s3_virtual_hosted_style
+                .unwrap_or(s.s3_virtual_hosted_style);
+            s.buckets = f.buckets.unwrap_or(s.buckets);
+            s.sns_subscriptions = f.sns_subscriptions.unwrap_or(s.sns_subscriptions);
+            s.sns_topic_secrets = f.sns_topic_secrets.unwrap_or(s.sns_topic_secrets);
         }
         let get = |name: &str| {
             env.get(&format!("OPENTRAIL_{}", name.to_ascii_uppercase()))
@@ -223,7 +292,115 @@ impl Settings {
         if let Some(v) = get("organization_members") {
             s.organization_members = list(v);
         }
+        if let Some(v) = get("delivery_interval") {
+            s.delivery_interval = duration("OPENTRAIL_DELIVERY_INTERVAL", v)?;
+        }
+        if let Some(v) = get("delivery_max_backoff") {
+            s.delivery_max_backoff = duration("OPENTRAIL_DELIVERY_MAX_BACKOFF", v)?;
+        }
+        if let Some(v) = get("s3_endpoint") {
+            s.s3_endpoint = Some(v.clone());
+        }
+        if let Some(v) = get("s3_region") {
+            s.s3_region = v.clone();
+        }
+        if let Some(v) = get("s3_access_key_id") {
+            s.s3_access_key_id = Some(v.clone());
+        }
+        if let Some(v) = get("s3_secret_access_key") {
+            s.s3_secret_access_key = Some(v.clone());
+        }
+        if let Some(v) = get("s3_virtual_hosted_style") {
+            s.s3_virtual_hosted_style = v.parse().map_err(|_| {
+                invalid("OPENTRAIL_S3_VIRTUAL_HOSTED_STYLE", "must be true or false")
+            })?;
+        }
+        if let Some(v) = get("sns_subscriptions") {
+            s.sns_subscriptions = list(v);
+        }
+        if let Some(v) = get("sns_topic_secrets") {
+            s.sns_topic_secrets = list(v);
+        }
         Ok(s)
+    }
+
+    /// Where buckets live: the default for every bucket, and the buckets configured on their own.
+    pub fn bucket_targets(&self) -> (Target, HashMap<String, Target>) {
+        let root = self
+            .buckets_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("buckets"));
+        let default = match &self.s3_endpoint {
+            Some(endpoint) => Target::S3(S3Target {
+                endpoint: Some(endpoint.clone()),
+                region: self.s3_region.clone(),
+                access_key_id: self.s3_access_key_id.clone(),
+                secret_access_key: self.s3_secret_access_key.clone(),
+                virtual_hosted_style: self.s3_virtual_hosted_style,
+            }),
+            None => Target::LocalRoot(root),
+        };
+        let overrides = self
+            .buckets
+            .iter()
+            .map(|(name, b)| {
+                let target = match (&b.dir, &b.s3_endpoint) {
+                    (Some(dir), _) => Target::LocalDir(dir.clone()),
+                    (None, endpoint) => Target::S3(S3Target {
+                        endpoint: endpoint.clone().or_else(|| self.s3_endpoint.clone()),
+                        region: b
+                            .s3_region
+                            .clone()
+                            .unwrap_or_else(|| self.s3_region.clone()),
+                        access_key_id: b
+                            .s3_access_key_id
+                            .clone()
+                            .or_else(|| self.s3_access_key_id.clone()),
+                        secret_access_key: b
+                            .s3_secret_access_key
+                            .clone()
+                            .or_else(|| self.s3_secret_access_key.clone()),
+                        virtual_hosted_style: b
+                            .s3_virtual_hosted_style
+                            .unwrap_or(self.s3_virtual_hosted_style),
+                    }),
+                };
+                (name.clone(), target)
+            })
+            .collect();
+        (default, overrides)
+    }
+
+    /// The declared topics with their secrets and webhook subscribers.
+    pub fn topics(&self) -> Topics {
+        let pairs = |list: &[String]| -> Vec<(String, String)> {
+            list.iter()
+                .filter_map(|e| e.split_once('='))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect()
+        };
+        let secrets: HashMap<String, String> = pairs(&self.sns_topic_secrets).into_iter().collect();
+        let subs = pairs(&self.sns_subscriptions);
+        Topics::new(self.sns_topics.iter().map(|name| {
+            Topic {
+                name: name.clone(),
+                secret: secrets.get(name).cloned().unwrap_or_default(),
+                endpoints: subs
+                    .iter()
+                    .filter(|(t, _)| t == name)
+                    .map(|(_, url)| url.clone())
+                    .collect(),
+            }
+        }))
+    }
+
+    /// The organization the default account belongs to, if one is configured.
+    pub fn organization(&self) -> Option<Organization> {
+        Some(Organization {
+            id: self.organization_id.clone()?,
+            management_account: self.organization_management_account.clone()?,
+            members: self.organization_members.clone(),
+        })
     }
 
     /// Where bucket NAME lives in the local bucket store.
@@ -289,6 +466,65 @@ impl Settings {
         }
         if self.maintenance_interval.is_zero() {
             return Err(invalid("maintenance_interval", "must be more than zero"));
+        }
+        if self.delivery_interval < Duration::from_millis(100) {
+            return Err(invalid("delivery_interval", "must be at least 100ms"));
+        }
+        if self.delivery_max_backoff < Duration::from_millis(100) {
+            return Err(invalid("delivery_max_backoff", "must be at least 100ms"));
+        }
+        let is_url = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        let endpoints = std::iter::once(self.s3_endpoint.as_ref())
+            .chain(self.buckets.values().map(|b| b.s3_endpoint.as_ref()))
+            .flatten();
+        for e in endpoints {
+            if !is_url(e) {
+                return Err(invalid(
+                    "s3_endpoint",
+                    format!("{e:?} is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        for (name, b) in &self.buckets {
+            if b.dir.is_some() && b.s3_endpoint.is_some() {
+                return Err(invalid(
+                    "buckets",
+                    format!("bucket {name} has both a local dir and an s3_endpoint"),
+                ));
+            }
+        }
+        for (list, name) in [
+            (&self.sns_subscriptions, "sns_subscriptions"),
+            (&self.sns_topic_secrets, "sns_topic_secrets"),
+        ] {
+            for entry in list {
+                let Some((topic, value)) = entry.split_once('=') else {
+                    return Err(invalid(name, format!("{entry:?} is not topic=value")));
+                };
+                if !self.sns_topics.iter().any(|t| t == topic.trim()) {
+                    return Err(invalid(
+                        name,
+                        format!("topic {topic:?} is not declared in sns_topics"),
+                    ));
+                }
+                if name == "sns_subscriptions" && !is_url(value.trim()) {
+                    return Err(invalid(
+                        name,
+                        format!("{value:?} is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+        }
+        for t in self.topics().all() {
+            if !t.endpoints.is_empty() && t.secret.is_empty() {
+                return Err(invalid(
+                    "sns_topic_secrets",
+                    format!(
+                        "topic {} has subscribers but no secret to sign its notifications with",
+                        t.name
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -107,6 +107,51 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
         "gauge",
         u64::from(app.log.is_poisoned()),
     );
+    let d = &app.delivery.stats;
+    for (name, help, value) in [
+        (
+            "opentrail_delivery_files_total",
+            "Log files written to buckets.",
+            &d.files,
+        ),
+        (
+            "opentrail_delivery_events_total",
+            "Events delivered in log files.",
+            &d.events,
+        ),
+        (
+            "opentrail_delivery_json_bytes_total",
+            "JSON bytes delivered (before compression).",
+            &d.json_bytes,
+        ),
+        (
+            "opentrail_delivery_gzip_bytes_total",
+            "Compressed bytes written to buckets.",
+            &d.gzip_bytes,
+        ),
+        (
+            "opentrail_delivery_failures_total",
+            "Delivery attempts that failed and will be retried.",
+            &d.failures,
+        ),
+        (
+            "opentrail_notifications_total",
+            "Delivery notifications accepted by subscribers.",
+            &d.notifications,
+        ),
+        (
+            "opentrail_notification_failures_total",
+            "Notification attempts that failed and will be retried.",
+            &d.notification_failures,
+        ),
+    ] {
+        metric(
+            name,
+            help,
+            "counter",
+            value.load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
     let mut resp = s.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

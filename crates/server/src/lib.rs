@@ -23,6 +23,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{get, post};
 use opentrail_catalog::{Catalog, CatalogError};
+use opentrail_delivery::{Buckets, Deliverer, DeliveryConfig};
 use opentrail_index::{HistoryIndex, IndexError};
 use opentrail_log::{EventLog, LogConfig, LogError};
 use tokio::net::TcpListener;
@@ -45,6 +46,8 @@ pub enum ServerError {
     Http(#[from] std::io::Error),
     #[error("a startup task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("delivery: {0}")]
+    Delivery(String),
 }
 
 /// Shared state of the running server.
@@ -52,7 +55,8 @@ pub(crate) struct App {
     pub settings: Settings,
     pub log: EventLog,
     pub index: HistoryIndex,
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
+    pub delivery: Arc<Deliverer>,
 }
 
 impl App {
@@ -91,15 +95,43 @@ pub async fn run(
         Ok((log, index, catalog))
     })
     .await??;
+    let catalog = Arc::new(catalog);
+    let (default_target, bucket_targets) = settings.bucket_targets();
+    let delivery = Arc::new(
+        Deliverer::new(
+            log.clone(),
+            Arc::clone(&catalog),
+            Arc::new(Buckets::new(default_target, bucket_targets)),
+            DeliveryConfig {
+                interval: settings.delivery_interval,
+                max_backoff: settings.delivery_max_backoff,
+                org: settings.organization(),
+                topics: settings.topics(),
+            },
+        )
+        .map_err(ServerError::Delivery)?,
+    );
+    let reconciled = {
+        let d = Arc::clone(&delivery);
+        tokio::task::spawn_blocking(move || d.reconcile()).await??
+    };
+    if reconciled > 0 {
+        tracing::info!(
+            trails = reconciled,
+            "logging spans reconciled with logging state after restart"
+        );
+    }
     let app = Arc::new(App {
         settings,
         log: log.clone(),
         index: index.clone(),
         catalog,
+        delivery: Arc::clone(&delivery),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let workers = views::spawn(Arc::clone(&app), stop_rx);
+    let mut workers = views::spawn(Arc::clone(&app), stop_rx.clone());
+    workers.extend(delivery.spawn(stop_rx));
 
     let router = Router::new()
         .route("/", post(api::handle))

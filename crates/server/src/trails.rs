@@ -403,11 +403,12 @@ async fn check_settings(
     }
     if let Some(bucket) = &s.s3_bucket_name {
         check_bucket_name(bucket).map_err(|m| err(Exception::InvalidS3BucketNameException, m))?;
-        let path = app.settings.bucket_path(bucket);
-        let exists = tokio::fs::metadata(&path)
-            .await
-            .map(|m| m.is_dir())
-            .unwrap_or(false);
+        let exists = app.delivery.buckets().exists(bucket).await.map_err(|e| {
+            err(
+                Exception::InsufficientS3BucketPolicyException,
+                format!("S3 bucket {bucket} could not be checked: {e}"),
+            )
+        })?;
         if !exists {
             return Err(err(
                 Exception::S3BucketDoesNotExistException,
@@ -681,15 +682,31 @@ pub(crate) async fn get_trail_status(
     req: NameRequest,
 ) -> Result<TrailStatus, ApiError> {
     let t = resolve(app, ctx, &req.name).await?;
+    let arn = t.arn.clone();
+    let d = with_catalog(app, move |c| c.delivery_state(&arn))
+        .await?
+        .unwrap_or_default();
+    let secs = |ms: Option<i64>| ms.map(|ms| ms as f64 / 1000.0);
     Ok(TrailStatus {
         is_logging: t.is_logging,
-        start_logging_time: t.start_logging_ms.map(|ms| ms as f64 / 1000.0),
-        stop_logging_time: t.stop_logging_ms.map(|ms| ms as f64 / 1000.0),
+        start_logging_time: secs(t.start_logging_ms),
+        stop_logging_time: secs(t.stop_logging_ms),
         time_logging_started: t.start_logging_ms.map(iso),
         time_logging_stopped: t.stop_logging_ms.map(iso),
+        latest_delivery_error: d.latest_delivery_error,
+        latest_notification_error: d.latest_notification_error,
+        latest_delivery_time: secs(d.latest_delivery_time_ms),
+        latest_notification_time: secs(d.latest_notification_time_ms),
+        latest_delivery_attempt_time: d.latest_delivery_attempt_ms.map(iso),
+        latest_notification_attempt_time: d.latest_notification_attempt_ms.map(iso),
+        latest_delivery_attempt_succeeded: d.latest_delivery_attempt_succeeded_ms.map(iso),
+        latest_notification_attempt_succeeded: d.latest_notification_attempt_succeeded_ms.map(iso),
     })
 }
 
+/// StartLogging / StopLogging. Starting opens a logging span at the log's durable end, so the
+/// StartLogging record itself is delivered. Stopping leaves the span open until the StopLogging
+/// record has its sequence number ([`seal_stop`]), so that record is delivered too.
 pub(crate) async fn set_logging(
     app: &Arc<App>,
     ctx: &CallContext,
@@ -700,10 +717,13 @@ pub(crate) async fn set_logging(
     check_owner_and_home(ctx, &t)?;
     let now = ctx.now_ms;
     let arn = t.arn.clone();
+    let log_end = app.log.durable_end().next_seq;
+    let stopped = arn.clone();
     modify_trail(app, arn, move |t| -> Result<(), ()> {
         if on && !t.is_logging {
             t.is_logging = true;
             t.start_logging_ms = Some(now);
+            t.open_span(log_end);
         } else if !on && t.is_logging {
             t.is_logging = false;
             t.stop_logging_ms = Some(now);
@@ -717,7 +737,25 @@ pub(crate) async fn set_logging(
             "logging state could not be changed",
         )
     })?;
+    if !on {
+        let _ = ctx.stopped_trail.set(stopped);
+    }
     Ok(())
+}
+
+/// Closes a stopped trail's logging span just after the StopLogging record (`record_seq`).
+pub(crate) async fn seal_stop(app: &Arc<App>, arn: String, record_seq: u64) {
+    let sealed = modify_trail(app, arn.clone(), move |t| -> Result<(), ()> {
+        if !t.is_logging {
+            t.close_span(record_seq + 1);
+        }
+        Ok(())
+    })
+    .await;
+    if let Err(e) = sealed {
+        // The span is closed at the log's end on the next start instead.
+        tracing::error!(trail = %arn, error = ?e, "could not seal the logging span after StopLogging");
+    }
 }
 
 /// Resolves a tag operation's `ResourceId`, which must be a trail ARN.
@@ -855,9 +893,7 @@ pub(crate) fn list_public_keys(
     })
 }
 
-use opentrail_model::selectors::{
-    EventSelector, Selectors, logs_management, validate_advanced, validate_basic,
-};
+use opentrail_model::selectors::{Selectors, logs_management, validate_advanced, validate_basic};
 use opentrail_protocol::trails::{
     EventSelectorsResponse, InsightSelector, InsightSelectorsResponse, PutEventSelectorsRequest,
     PutInsightSelectorsRequest, TrailNameRequest,
@@ -865,23 +901,12 @@ use opentrail_protocol::trails::{
 
 /// The selectors in force on a trail (CloudTrail's defaults when none were put).
 pub(crate) fn selectors_of(t: &Trail) -> Result<Selectors, ApiError> {
-    let damaged = |e: serde_json::Error| {
+    opentrail_delivery::trail_selectors(t).map_err(|e| {
         err(
             Exception::InternalFailure,
             format!("stored selectors of {} are unreadable: {e}", t.arn),
         )
-    };
-    if let Some(a) = &t.advanced_event_selectors {
-        return Ok(Selectors::Advanced(
-            serde_json::from_value(a.clone()).map_err(damaged)?,
-        ));
-    }
-    if let Some(b) = &t.event_selectors {
-        return Ok(Selectors::Basic(
-            serde_json::from_value(b.clone()).map_err(damaged)?,
-        ));
-    }
-    Ok(Selectors::Basic(EventSelector::default_selectors()))
+    })
 }
 
 fn selectors_response(t: &Trail) -> Result<EventSelectorsResponse, ApiError> {

@@ -68,7 +68,11 @@ async fn maintenance(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         let done = tokio::task::spawn_blocking(move || -> Result<(usize, usize), String> {
             let cutoff = app2.retention_cutoff_ms();
             let days = app2.index.expire(cutoff).map_err(|e| e.to_string())?;
-            let floor = app2.index.cursor().map_err(|e| e.to_string())?;
+            let floor = app2
+                .index
+                .cursor()
+                .map_err(|e| e.to_string())?
+                .min(app2.delivery.retention_floor().map_err(|e| e.to_string())?);
             let segments = app2
                 .log
                 .delete_segments(floor, cutoff)
