@@ -5,6 +5,8 @@
 #
 #   CARGO_TARGET_DIR   reused between runs (default: $HOME/.cache/opentrail-target)
 #   OPENTRAIL_VENV     the Python venv (default: $HOME/.cache/opentrail-venv)
+#   OPENTRAIL_TOOLS    where test servers are installed (default: $HOME/.cache/opentrail-tools);
+#                      s3s-fs 0.14.1, the S3-compatible server the delivery tests write to
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,6 +25,13 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     fi
 fi
 venv="$(bash scripts/setup-venv.sh | tail -n 1)"
+
+step "s3s-fs 0.14.1 (S3-compatible test server)"
+tools="${OPENTRAIL_TOOLS:-$HOME/.cache/opentrail-tools}"
+if ! "$tools/bin/s3s-fs" --version 2>/dev/null | grep -q '0\.14\.1'; then
+    cargo install s3s-fs@0.14.1 --features binary --locked --root "$tools"
+fi
+export OPENTRAIL_S3S_FS="$tools/bin/s3s-fs"
 
 step "cargo fmt --check"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true

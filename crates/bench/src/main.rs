@@ -18,8 +18,16 @@ const ACCOUNT: &str = "111122223333";
 const TARGET: &str = "com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.LookupEvents";
 
 #[derive(Parser)]
-#[command(about = "OpenTrail vs SQLite: durable ingest and LookupEvents latency")]
+#[command(
+    about = "OpenTrail vs SQLite: durable ingest and LookupEvents latency; trail delivery vs gzip -6"
+)]
 struct Args {
+    /// Which measurements: all, ingest-lookup, or delivery.
+    #[arg(long, default_value = "all", value_parser = ["all", "ingest-lookup", "delivery"])]
+    suite: String,
+    /// Events in the delivery backlog.
+    #[arg(long, default_value_t = 100_000)]
+    delivery_events: usize,
     /// Events stored before the lookup benchmark.
     #[arg(long, default_value_t = 1_000_000)]
     lookup_events: usize,
@@ -36,6 +44,8 @@ struct Args {
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
 }
+
+mod delivery;
 
 /// Deterministic xorshift64* generator.
 struct Rng(u64);
@@ -209,11 +219,14 @@ struct OpenTrail {
 
 impl OpenTrail {
     fn start(dir: &Path) -> anyhow::Result<Self> {
-        let settings = opentrail_server::Settings {
+        Self::start_with(opentrail_server::Settings {
             data_dir: dir.to_owned(),
             account_id: ACCOUNT.to_owned(),
             ..opentrail_server::Settings::default()
-        };
+        })
+    }
+
+    fn start_with(settings: opentrail_server::Settings) -> anyhow::Result<Self> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -273,6 +286,10 @@ impl OpenTrail {
     }
 
     fn lag(&self) -> anyhow::Result<u64> {
+        self.metric("opentrail_index_lag")
+    }
+
+    fn metric(&self, name: &str) -> anyhow::Result<u64> {
         let text = self
             .agent
             .get(&format!("{}/metrics", self.url))
@@ -280,9 +297,27 @@ impl OpenTrail {
             .body_mut()
             .read_to_string()?;
         text.lines()
-            .find_map(|l| l.strip_prefix("opentrail_index_lag "))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.parse().ok())
-            .context("no lag metric")
+            .with_context(|| format!("no metric {name}"))
+    }
+
+    /// An unsigned CloudTrail API call; fails unless it answers 200.
+    fn call(&self, operation: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let mut resp = self
+            .agent
+            .post(&format!("{}/", self.url))
+            .header(
+                "X-Amz-Target",
+                format!("com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.{operation}"),
+            )
+            .content_type("application/x-amz-json-1.1")
+            .send(body.to_string())?;
+        let text = resp.body_mut().read_to_string()?;
+        if resp.status() != 200 {
+            bail!("{operation} answered {}: {text}", resp.status());
+        }
+        Ok(serde_json::from_str(&text)?)
     }
 
     fn lookup(&self, key: &str, value: &str) -> anyhow::Result<usize> {
@@ -473,6 +508,12 @@ fn main() -> anyhow::Result<()> {
         sizes[sizes.len() / 2],
         sizes[sizes.len() * 99 / 100]
     );
+    if args.suite != "ingest-lookup" {
+        delivery::run(args.seed, args.delivery_events, &root, now_s)?;
+    }
+    if args.suite == "delivery" {
+        return Ok(());
+    }
 
     // Durable ingest.
     println!("\n## Durable ingest (fsync before ack)\n");

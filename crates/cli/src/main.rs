@@ -1,5 +1,7 @@
 //! The `opentrail` binary. Thin: parses flags, sets up tracing, binds, and calls the library.
 
+mod logs;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -45,6 +47,34 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: BucketAction,
+    },
+    /// List or fetch a trail's delivered log files for a time range (local or S3 buckets).
+    Logs {
+        /// Data directory [default: ./opentrail-data; env OPENTRAIL_DATA_DIR].
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        /// TOML settings file (where buckets live: `buckets_dir`, `s3_endpoint`, ...).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: LogsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogsAction {
+    /// Print the matching files (size and key).
+    List {
+        #[command(flatten)]
+        selection: logs::Selection,
+    },
+    /// Download the matching files into a directory, keeping their keys as paths.
+    Get {
+        #[command(flatten)]
+        selection: logs::Selection,
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -156,6 +186,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             action,
         } => buckets(&load_settings(config.as_deref(), data_dir)?, action),
+        Command::Logs {
+            data_dir,
+            config,
+            action,
+        } => {
+            let settings = load_settings(config.as_deref(), data_dir)?;
+            match action {
+                LogsAction::List { selection } => logs::list(&settings, &selection),
+                LogsAction::Get { selection, out } => logs::get(&settings, &selection, &out),
+            }
+        }
         Command::Serve {
             data_dir,
             listen,

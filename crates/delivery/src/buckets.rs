@@ -69,7 +69,10 @@ impl BucketError {
                     | object_store::Error::Unauthenticated { .. } => "AccessDenied",
                     object_store::Error::AlreadyExists { .. }
                     | object_store::Error::Precondition { .. } => "PreconditionFailed",
-                    _ if text.contains("connect") || text.contains("timed out") => {
+                    _ if text.contains("error sending request")
+                        || text.contains("connect")
+                        || text.contains("timed out") =>
+                    {
                         "ServiceUnavailable"
                     }
                     _ => "InternalError",
@@ -213,6 +216,9 @@ impl Buckets {
         body: Bytes,
     ) -> Result<Written, BucketError> {
         let store = self.store(bucket)?;
+        if let Some(dir) = self.local_dir(bucket) {
+            remove_staging_leftovers(&dir, key);
+        }
         let opts = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
@@ -252,6 +258,40 @@ impl Buckets {
         r.bytes()
             .await
             .map_err(|e| BucketError::from_store(bucket, &e))
+    }
+}
+
+/// The local store stages an object as `<name>#<n>` beside its final name and links it into
+/// place; a process killed in between leaves the staging file behind. Before (re)writing a key,
+/// its leftovers are removed so that only whole objects are ever seen in the bucket.
+fn remove_staging_leftovers(bucket_dir: &std::path::Path, key: &str) {
+    let path = bucket_dir.join(key);
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let mut staged = name.to_os_string();
+    staged.push("#");
+    let Some(staged) = staged.to_str() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name();
+        if n.to_str().is_some_and(|n| {
+            n.strip_prefix(staged)
+                .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
+        }) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %e.path().display(), "removed a staging file left by an interrupted write")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %e.path().display(), error = %err, "cannot remove a leftover staging file")
+                }
+            }
+        }
     }
 }
 
@@ -306,5 +346,23 @@ mod tests {
         .map(|e| e.expect("entry").file_name())
         .collect();
         assert_eq!(names.len(), 1);
+
+        // A write interrupted after staging leaves `<name>#1`; the next write of that key
+        // removes it.
+        let other = "AWSLogs/1/CloudTrail/us-east-1/2026/01/02/g.json.gz";
+        let day = dir
+            .path()
+            .join("b/AWSLogs/1/CloudTrail/us-east-1/2026/01/02");
+        std::fs::write(day.join("g.json.gz#1"), b"torn").expect("leftover");
+        buckets
+            .put_create("b", other, Bytes::from_static(b"whole"))
+            .await
+            .expect("put");
+        let mut names: Vec<String> = std::fs::read_dir(&day)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["f.json.gz", "g.json.gz"]);
     }
 }

@@ -558,3 +558,221 @@ fn prepare(
         files,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buckets::Target;
+    use opentrail_log::{LogConfig, NewRecord};
+    use std::io::Read;
+
+    const ACCT: &str = "111122223333";
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        log: EventLog,
+        catalog: Arc<Catalog>,
+        arn: String,
+    }
+
+    impl Fixture {
+        fn deliverer(&self) -> Deliverer {
+            let buckets = Buckets::new(
+                Target::LocalRoot(self.dir.path().join("buckets")),
+                HashMap::new(),
+            );
+            Deliverer::new(
+                self.log.clone(),
+                Arc::clone(&self.catalog),
+                Arc::new(buckets),
+                DeliveryConfig {
+                    interval: Duration::from_millis(100),
+                    max_backoff: Duration::from_millis(100),
+                    org: None,
+                    topics: Topics::default(),
+                },
+            )
+            .expect("deliverer")
+        }
+
+        /// (key, eventIDs) of every file in the bucket.
+        fn delivered(&self) -> Vec<(String, Vec<String>)> {
+            fn walk(
+                root: &std::path::Path,
+                dir: &std::path::Path,
+                out: &mut Vec<(String, Vec<String>)>,
+            ) {
+                for e in std::fs::read_dir(dir).expect("dir") {
+                    let p = e.expect("entry").path();
+                    if p.is_dir() {
+                        walk(root, &p, out);
+                        continue;
+                    }
+                    let mut text = String::new();
+                    flate2::read::GzDecoder::new(std::fs::File::open(&p).expect("open"))
+                        .read_to_string(&mut text)
+                        .expect("gunzip");
+                    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+                    let ids = v["Records"]
+                        .as_array()
+                        .expect("records")
+                        .iter()
+                        .map(|r| r["eventID"].as_str().expect("id").to_owned())
+                        .collect();
+                    let key = p
+                        .strip_prefix(root)
+                        .expect("under root")
+                        .to_string_lossy()
+                        .into_owned();
+                    out.push((key, ids));
+                }
+            }
+            let root = self.dir.path().join("buckets/b");
+            let mut out = Vec::new();
+            walk(&root, &root, &mut out);
+            out.sort();
+            out
+        }
+    }
+
+    async fn fixture(events: usize) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("buckets/b")).expect("bucket");
+        let (log, _) = EventLog::open(LogConfig::new(dir.path().join("log"))).expect("log");
+        let catalog = Arc::new(Catalog::open(&dir.path().join("c.db")).expect("catalog"));
+        let mut t = Trail::new(
+            format!("arn:aws:cloudtrail:us-east-1:{ACCT}:trail/t"),
+            "t".into(),
+            ACCT.into(),
+            "us-east-1".into(),
+            "b".into(),
+            0,
+        );
+        t.is_multi_region_trail = true;
+        t.is_logging = true;
+        t.open_span(0);
+        catalog.create(&t, 5).expect("create");
+        let records = (0..events)
+            .map(|i| NewRecord {
+                time_ms: 0,
+                json: serde_json::to_vec(&serde_json::json!({
+                    "eventID": format!("e{i}"), "eventSource": "ec2.amazonaws.com",
+                    "eventName": "RunInstances", "readOnly": false,
+                    "awsRegion": if i % 2 == 0 { "us-east-1" } else { "eu-west-1" },
+                    "recipientAccountId": ACCT, "eventCategory": "Management",
+                }))
+                .expect("json"),
+            })
+            .collect();
+        log.append(records).await.expect("append");
+        Fixture {
+            dir,
+            log,
+            catalog,
+            arn: t.arn,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_plan_cut_short_by_a_crash_replays_to_the_same_keys() {
+        let f = fixture(10).await;
+        // The first attempt: the plan is stored and one of its two files written, then the
+        // process dies (nothing more of this attempt runs).
+        let first = {
+            let prepared = prepare(&f.log, &f.catalog, None, &f.arn).expect("prepare");
+            let Prepared::Files { plan, .. } = prepared else {
+                panic!("expected files");
+            };
+            let stored = f
+                .catalog
+                .delivery_state(&f.arn)
+                .expect("state")
+                .expect("some");
+            assert_eq!(
+                stored.plan,
+                Some(plan),
+                "the plan is stored before any write"
+            );
+            // Pretend the plan was made long ago (2020-09-13), so that a plan made afresh
+            // would name its files differently.
+            f.catalog
+                .update_delivery(
+                    &f.arn,
+                    || unreachable!(),
+                    |s| {
+                        if let Some(p) = s.plan.as_mut() {
+                            p.time_ms = 1_600_000_000_000;
+                        }
+                    },
+                    &[],
+                )
+                .expect("update");
+            let Prepared::Files { files, .. } =
+                prepare(&f.log, &f.catalog, None, &f.arn).expect("prepare")
+            else {
+                panic!("expected files");
+            };
+            assert_eq!(files.len(), 2, "one file per region");
+            let d = f.deliverer();
+            d.buckets
+                .put_create("b", &files[0].key, Bytes::copy_from_slice(&files[0].body))
+                .await
+                .expect("first file");
+            files.iter().map(|x| x.key.clone()).collect::<Vec<_>>()
+        };
+        // After a restart, the stored plan is carried out again.
+        let d = f.deliverer();
+        assert!(matches!(d.step(&f.arn).await, Ok(Step::Delivered)));
+        let delivered = f.delivered();
+        let keys: Vec<String> = delivered.iter().map(|(k, _)| k.clone()).collect();
+        let mut expected = first.clone();
+        expected.sort();
+        assert_eq!(keys, expected, "the replay wrote the same keys, no others");
+        assert!(keys.iter().all(|k| k.contains("/2020/09/13/")), "{keys:?}");
+        let mut ids: Vec<String> = delivered.into_iter().flat_map(|(_, ids)| ids).collect();
+        ids.sort();
+        let mut want: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+        want.sort();
+        assert_eq!(ids, want, "every event exactly once");
+        let state = f
+            .catalog
+            .delivery_state(&f.arn)
+            .expect("state")
+            .expect("some");
+        assert_eq!((state.cursor, state.plan), (10, None));
+        assert_eq!(state.files_delivered, 2);
+        // Nothing left to do.
+        assert!(matches!(d.step(&f.arn).await, Ok(Step::Idle)));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn stopped_spans_and_pending_stops_are_respected() {
+        let f = fixture(6).await;
+        // Logging covered seqs [0, 3) only.
+        f.catalog
+            .modify(&f.arn, 5, |t| -> Result<(), ()> {
+                t.is_logging = false;
+                Ok(())
+            })
+            .expect("modify")
+            .expect("ok");
+        let d = f.deliverer();
+        assert!(
+            matches!(d.step(&f.arn).await, Ok(Step::Idle)),
+            "a stop without its sealed span waits"
+        );
+        assert!(f.delivered().is_empty());
+        f.catalog
+            .modify(&f.arn, 5, |t| -> Result<(), ()> {
+                t.close_span(3);
+                Ok(())
+            })
+            .expect("modify")
+            .expect("ok");
+        assert!(matches!(d.step(&f.arn).await, Ok(Step::Delivered)));
+        let mut ids: Vec<String> = f.delivered().into_iter().flat_map(|(_, i)| i).collect();
+        ids.sort();
+        assert_eq!(ids, ["e0", "e1", "e2"]);
+        assert_eq!(d.retention_floor().expect("floor"), u64::MAX);
+    }
+}
