@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -1287,3 +1288,54 @@ def test_deleted_trail_stops_delivering(server, dl):
     recs = doomed_bucket.records()
     assert not any(r["eventID"] in after + later for r in recs)
     assert audit_records(recs, "DeleteTrail", doomed) == []
+
+
+# ---------------------------------------------------------------------------
+# 12. opentrail logs list / get
+# ---------------------------------------------------------------------------
+
+
+def run_logs_cli(server, *args: str) -> subprocess.CompletedProcess:
+    """``opentrail logs ...`` with the server's own settings (data dir, account)."""
+    return subprocess.run(
+        [server.binary, "logs", *args, "--data-dir", str(server.data_dir)],
+        env=server._env(), capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_logs_cli_lists_and_fetches_delivered_files(server, dl, tmp_path):
+    bucket = dl.bucket("cli")
+    dl.trail(bucket, "cli", IsMultiRegionTrail=True)
+    ids = ingest(server, [ec2_event(), ec2_event(), ec2_event(region=OTHER)])
+    bucket.wait_for(ids)
+    files = bucket.scan()
+    assert any(f"/CloudTrail/{OTHER}/" in k for k in files)
+
+    listed = run_logs_cli(server, "list", "--bucket", bucket.name)
+    assert listed.returncode == 0, listed.stderr
+    keys = [line.split()[1] for line in listed.stdout.splitlines()]
+    assert sorted(keys) == sorted(files), "list shows exactly the delivered files"
+    sizes = {line.split()[1]: int(line.split()[0]) for line in listed.stdout.splitlines()}
+    assert all(sizes[k] == (bucket.path / k).stat().st_size for k in keys)
+
+    today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    dest = tmp_path / "fetched"
+    got = run_logs_cli(server, "get", "--bucket", bucket.name, "--region", HOME,
+                       "--start", today, "--end", today, "--out", str(dest))
+    assert got.returncode == 0, got.stderr
+    home_keys = sorted(k for k in files if f"/CloudTrail/{HOME}/" in k)
+    fetched = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert fetched == home_keys, "get fetches the region's files, keeping their keys as paths"
+    for k in fetched:
+        assert (dest / k).read_bytes() == (bucket.path / k).read_bytes()
+    assert f"fetched {len(home_keys)} files" in got.stdout
+
+    later = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)).strftime("%Y-%m-%dT00:00:00Z")
+    none = run_logs_cli(server, "list", "--bucket", bucket.name, "--start", later)
+    assert none.returncode == 0, none.stderr
+    assert none.stdout.strip() == "", "nothing was delivered after the start time"
+
+    bad = run_logs_cli(server, "list", "--bucket", bucket.name, "--start", "yesterday-ish")
+    assert bad.returncode != 0 and "--start" in bad.stderr
+    missing = run_logs_cli(server, "list", "--bucket", f"nope-{uid()}")
+    assert missing.returncode != 0 and "NoSuchBucket" in missing.stderr

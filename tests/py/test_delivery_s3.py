@@ -853,3 +853,31 @@ def _deleted_bucket_scenario(srv: OpenTrailServer, s3: S3sFs, endpoint: str) -> 
     for eid, [(_, delivered)] in got.marked(marker).items():
         assert_record_roundtrip(json.dumps(delivered), backlog[eid])
     assert st3.get("LatestDeliveryAttemptSucceeded"), st3
+
+
+# ---------------------------------------------------------------------------
+# 5. opentrail logs get from an S3 bucket
+# ---------------------------------------------------------------------------
+
+
+def test_logs_cli_fetches_from_s3(server, s3, trails, tmp_path):
+    client = s3_client()
+    bucket = create_bucket(client, bucket_name("otl"))
+    ct = cloudtrail_client(server)
+    name = new_trail(ct, trails, bucket)
+    ct.start_logging(Name=name)
+    marker = f"cli-{uid()}"
+    ids = set(server.ingest_ok([rec(marker) for _ in range(3)]))
+    wait_delivered(client, bucket, marker, ids)
+    keys = sorted(list_keys(client, bucket))
+    dest = tmp_path / "fetched"
+    out = subprocess.run(
+        [server.binary, "logs", "get", "--bucket", bucket, "--out", str(dest),
+         "--data-dir", str(server.data_dir)],
+        env=server._env(), capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    fetched = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert fetched == keys, "logs get fetched exactly the bucket's log files"
+    for k in keys:
+        assert (dest / k).read_bytes() == client.get_object(Bucket=bucket, Key=k)["Body"].read()
