@@ -43,10 +43,12 @@ pub(crate) fn run(seed: u64, count: usize, root: &Path, now_s: i64) -> anyhow::R
     let generated = events(seed ^ 0xde11, 0, count, now_s);
     let trail = json!({"Name": "bench-trail", "S3BucketName": BUCKET});
 
-    // 1. Build a backlog while the trail logs but its worker waits (an hour's cadence).
+    // 1. Build a backlog while the trail logs but its worker waits (an hour's cadence; its first
+    // step runs within a second of CreateTrail, then it sleeps).
     let ot = OpenTrail::start_with(settings(&dir, Duration::from_secs(3600)))?;
     ot.call("CreateTrail", &trail)?;
     ot.call("StartLogging", &json!({"Name": "bench-trail"}))?;
+    std::thread::sleep(Duration::from_secs(2));
     for chunk in generated.chunks(1000) {
         let body = format!(
             "{{\"Records\":[{}]}}",

@@ -98,8 +98,8 @@ enum Step {
     Gone,
     /// Nothing (more) to deliver now.
     Idle,
-    /// A plan was delivered and more may be waiting.
-    Delivered,
+    /// A plan was delivered; `more` when it was cut at the plan size limit, so a backlog waits.
+    Delivered { more: bool },
 }
 
 /// What the blocking part of a step found.
@@ -230,15 +230,18 @@ impl Deliverer {
             if *stop.borrow() {
                 return;
             }
+            // The cadence counts from the start of a step: an event acknowledged just after a
+            // step read the log's end is in a file one interval (plus a step's work) later.
+            let began = tokio::time::Instant::now();
             let wait = match self.step(&arn).await {
                 Ok(Step::Gone) => return,
-                Ok(Step::Delivered) => {
+                Ok(Step::Delivered { more: true }) => {
                     backoff = first;
                     continue;
                 }
-                Ok(Step::Idle) => {
+                Ok(Step::Delivered { more: false } | Step::Idle) => {
                     backoff = first;
-                    self.config.interval
+                    self.config.interval.saturating_sub(began.elapsed())
                 }
                 Err(e) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -268,7 +271,7 @@ impl Deliverer {
         let (trail, plan, files) = match prepared {
             Prepared::Gone => return Ok(Step::Gone),
             Prepared::Idle => return Ok(Step::Idle),
-            Prepared::Skipped => return Ok(Step::Delivered),
+            Prepared::Skipped => return Ok(Step::Delivered { more: true }),
             Prepared::Files { trail, plan, files } => (trail, plan, files),
         };
         let attempt_ms = now_ms();
@@ -346,7 +349,9 @@ impl Deliverer {
             self.outbox_wake.notify_one();
         }
         tracing::debug!(trail = %arn, files = nfiles, events, from = plan.from, to = plan.to, "delivered");
-        Ok(Step::Delivered)
+        Ok(Step::Delivered {
+            more: plan.to - plan.from >= MAX_PLAN_EVENTS,
+        })
     }
 
     fn notifications(
@@ -577,6 +582,10 @@ mod tests {
 
     impl Fixture {
         fn deliverer(&self) -> Deliverer {
+            self.deliverer_every(Duration::from_millis(100))
+        }
+
+        fn deliverer_every(&self, interval: Duration) -> Deliverer {
             let buckets = Buckets::new(
                 Target::LocalRoot(self.dir.path().join("buckets")),
                 HashMap::new(),
@@ -586,7 +595,7 @@ mod tests {
                 Arc::clone(&self.catalog),
                 Arc::new(buckets),
                 DeliveryConfig {
-                    interval: Duration::from_millis(100),
+                    interval,
                     max_backoff: Duration::from_millis(100),
                     org: None,
                     topics: Topics::default(),
@@ -722,7 +731,10 @@ mod tests {
         };
         // After a restart, the stored plan is carried out again.
         let d = f.deliverer();
-        assert!(matches!(d.step(&f.arn).await, Ok(Step::Delivered)));
+        assert!(matches!(
+            d.step(&f.arn).await,
+            Ok(Step::Delivered { more: false })
+        ));
         let delivered = f.delivered();
         let keys: Vec<String> = delivered.iter().map(|(k, _)| k.clone()).collect();
         let mut expected = first.clone();
@@ -743,6 +755,52 @@ mod tests {
         assert_eq!(state.files_delivered, 2);
         // Nothing left to do.
         assert!(matches!(d.step(&f.arn).await, Ok(Step::Idle)));
+    }
+
+    /// A steady trickle of events is gathered once per interval, not a file per event.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_steady_stream_is_batched_per_interval() {
+        let f = fixture(0).await;
+        let d = Arc::new(f.deliverer_every(Duration::from_secs(1)));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tasks = d.spawn(stop_rx);
+        let began = std::time::Instant::now();
+        for i in 0..400 {
+            let json = serde_json::to_vec(&serde_json::json!({
+                "eventID": format!("s{i}"), "eventSource": "ec2.amazonaws.com",
+                "readOnly": false, "awsRegion": "us-east-1", "recipientAccountId": ACCT,
+            }))
+            .expect("json");
+            f.log
+                .append(vec![NewRecord { time_ms: 0, json }])
+                .await
+                .expect("append");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let streamed = began.elapsed();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let files = loop {
+            let files = f.delivered();
+            if files.iter().map(|(_, ids)| ids.len()).sum::<usize>() == 400 {
+                break files;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not all delivered: {files:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            t.await.expect("worker");
+        }
+        // About one file per second of streaming, plus the first and the last partial ones.
+        let bound = (streamed.as_millis() / 1000) as usize + 3;
+        assert!(
+            files.len() <= bound,
+            "{} files for 400 events over {streamed:?} (bound {bound})",
+            files.len()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -769,7 +827,10 @@ mod tests {
             })
             .expect("modify")
             .expect("ok");
-        assert!(matches!(d.step(&f.arn).await, Ok(Step::Delivered)));
+        assert!(matches!(
+            d.step(&f.arn).await,
+            Ok(Step::Delivered { more: false })
+        ));
         let mut ids: Vec<String> = f.delivered().into_iter().flat_map(|(_, i)| i).collect();
         ids.sort();
         assert_eq!(ids, ["e0", "e1", "e2"]);
