@@ -10,6 +10,7 @@
 //! - [`worker`]: the per-trail workers and the notifier (cursor, plan, commit).
 
 pub mod buckets;
+pub mod digest;
 pub mod files;
 pub mod filter;
 pub mod layout;

@@ -108,12 +108,7 @@ pub fn announce(
 pub fn signature(secret: &str, body: &[u8]) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
     let tag = hmac::sign(&key, body);
-    let mut hex = String::with_capacity(7 + 64);
-    hex.push_str("sha256=");
-    for b in tag.as_ref() {
-        hex.push_str(&format!("{b:02x}"));
-    }
-    hex
+    format!("sha256={}", crate::digest::hex(tag.as_ref()))
 }
 
 /// Posts notifications.
