@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -650,6 +651,19 @@ def assert_record_roundtrip(cloudtrail_event: str, sent: dict) -> dict:
             f"field {key!r} changed: sent {value!r}, got {stored[key]!r}"
         )
     return stored
+
+
+def gunzip_single_member(data: bytes, where: str) -> bytes:
+    """The content of a gzip file that must be exactly one member (what CloudTrail writes and its
+    validator requires): fails on a missing magic, a truncated stream or trailing bytes."""
+    assert data[:2] == b"\x1f\x8b", f"{where}: not gzip (starts with {data[:8]!r})"
+    d = zlib.decompressobj(wbits=31)
+    out = d.decompress(data) + d.flush()
+    assert d.eof, f"{where}: gzip stream is truncated ({len(data)} bytes)"
+    assert d.unused_data == b"", (
+        f"{where}: more than one gzip member / trailing bytes ({len(d.unused_data)} bytes after the first member)"
+    )
+    return out
 
 
 def deep_copy(obj: Any) -> Any:

@@ -50,6 +50,7 @@ from conftest import (
     make_record,
     parse_event_time,
     uid,
+    gunzip_single_member,
 )
 
 HOME = "us-east-1"
@@ -178,17 +179,6 @@ def key_regex(key_prefix: str | None, org_id: str | None) -> re.Pattern:
         r"(?P<unique>[A-Za-z0-9]{16})\.json\.gz$"
     )
 
-
-def gunzip_single_member(data: bytes, where: str) -> bytes:
-    assert data[:2] == b"\x1f\x8b", f"{where}: not gzip (starts with {data[:8]!r})"
-    d = zlib.decompressobj(wbits=31)
-    out = d.decompress(data)
-    out += d.flush()
-    assert d.eof, f"{where}: gzip stream is truncated"
-    assert d.unused_data == b"", (
-        f"{where}: more than one gzip member / trailing bytes ({len(d.unused_data)} bytes after the first member)"
-    )
-    return out
 
 
 class LogFile:

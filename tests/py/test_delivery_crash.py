@@ -29,12 +29,18 @@ import re
 import threading
 import time
 import uuid
-import zlib
 from pathlib import Path
 
 import requests
 
-from conftest import ACCOUNT_ID, assert_record_roundtrip, cloudtrail_client, make_record, uid
+from conftest import (
+    ACCOUNT_ID,
+    assert_record_roundtrip,
+    cloudtrail_client,
+    gunzip_single_member,
+    make_record,
+    uid,
+)
 
 SERVER_ENV = {
     "OPENTRAIL_DELIVERY_INTERVAL": "1s",
@@ -131,13 +137,6 @@ class Writer(threading.Thread):
         self.join(timeout=60)
         assert not self.is_alive(), "writer thread did not stop"
 
-
-def gunzip_single_member(data: bytes, name: str) -> bytes:
-    d = zlib.decompressobj(wbits=31)
-    out = d.decompress(data) + d.flush()
-    assert d.eof, f"{name}: gzip stream is truncated ({len(data)} bytes)"
-    assert d.unused_data == b"", f"{name}: {len(d.unused_data)} bytes after the first gzip member"
-    return out
 
 
 def scan_bucket(root: Path, cache: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], list[str]]:

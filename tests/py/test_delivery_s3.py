@@ -41,7 +41,6 @@ import subprocess
 import threading
 import time
 import uuid
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +60,7 @@ from conftest import (
     json_equal,
     make_record,
     uid,
+    gunzip_single_member,
 )
 
 S3_PORT = free_port()
@@ -273,16 +273,6 @@ def list_keys(client, bucket: str) -> list[str]:
         keys.extend(o["Key"] for o in page.get("Contents", []))
     return keys
 
-
-def gunzip_single_member(data: bytes, key: str) -> bytes:
-    d = zlib.decompressobj(wbits=31)
-    out = d.decompress(data)
-    out += d.flush()
-    assert d.eof, f"{key}: gzip stream is truncated ({len(data)} bytes)"
-    assert d.unused_data == b"", (
-        f"{key}: more than one gzip member (or trailing bytes): {len(d.unused_data)} bytes after the first"
-    )
-    return out
 
 
 def parse_log_file(key: str, data: bytes) -> list[dict]:

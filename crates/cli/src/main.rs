@@ -103,7 +103,13 @@ fn buckets(settings: &Settings, action: BucketAction) -> anyhow::Result<()> {
     match action {
         BucketAction::Create { name } => {
             opentrail_model::names::check_bucket_name(&name).map_err(anyhow::Error::msg)?;
-            let path = settings.bucket_path(&name);
+            let (default, overrides) = settings.bucket_targets();
+            let Some(path) = opentrail_delivery::Buckets::new(default, overrides).local_dir(&name)
+            else {
+                anyhow::bail!(
+                    "bucket {name} is on an S3-compatible server (s3_endpoint); create it there"
+                );
+            };
             if path.is_dir() {
                 anyhow::bail!("bucket {name} already exists at {}", path.display());
             }

@@ -19,8 +19,8 @@ pub const MAX_FILE_JSON: usize = 49_000_000;
 pub struct LogFile {
     pub key: String,
     pub route: Route,
-    /// The gzip bytes.
-    pub body: Vec<u8>,
+    /// The gzip bytes (cheap to clone for a write and its retries).
+    pub body: bytes::Bytes,
     pub records: usize,
     /// Size of the JSON inside.
     pub json_bytes: usize,
@@ -97,7 +97,7 @@ impl FileBuilder {
                 let key = object_key(naming.key_prefix, naming.org_id, &id, naming.time_ms);
                 out.push(LogFile {
                     key,
-                    body: gzip(&part.json)?,
+                    body: gzip(&part.json)?.into(),
                     records: part.records,
                     json_bytes: part.json.len(),
                     route: route.clone(),

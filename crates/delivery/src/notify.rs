@@ -129,17 +129,21 @@ impl Sender {
 
     /// Posts one envelope; Ok when the subscriber answered 2xx.
     pub async fn post(&self, topic: &Topic, endpoint: &str, envelope: &str) -> Result<(), String> {
-        let message_id = serde_json::from_str::<serde_json::Value>(envelope)
-            .ok()
-            .and_then(|v| v.get("MessageId")?.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let parsed: serde_json::Value = serde_json::from_str(envelope).unwrap_or_default();
+        let member = |name: &str| {
+            parsed
+                .get(name)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
         let resp = self
             .client
             .post(endpoint)
             .header("Content-Type", "text/plain; charset=UTF-8")
             .header("x-amz-sns-message-type", "Notification")
-            .header("x-amz-sns-message-id", message_id)
-            .header("x-amz-sns-topic-arn", topic_arn_of(envelope))
+            .header("x-amz-sns-message-id", member("MessageId"))
+            .header("x-amz-sns-topic-arn", member("TopicArn"))
             .header(
                 SIGNATURE_HEADER,
                 signature(&topic.secret, envelope.as_bytes()),
@@ -154,13 +158,6 @@ impl Sender {
             Err(format!("{endpoint} answered {}", resp.status()))
         }
     }
-}
-
-fn topic_arn_of(envelope: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(envelope)
-        .ok()
-        .and_then(|v| v.get("TopicArn")?.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use opentrail_catalog::{Catalog, CatalogError, DeliveryState, Notification, Plan, Trail};
 use opentrail_log::{EventLog, LogError};
 use tokio::sync::{Notify, watch};
@@ -278,11 +277,7 @@ impl Deliverer {
         for f in &files {
             let put = self
                 .buckets
-                .put_create(
-                    &trail.s3_bucket_name,
-                    &f.key,
-                    Bytes::copy_from_slice(&f.body),
-                )
+                .put_create(&trail.s3_bucket_name, &f.key, f.body.clone())
                 .await;
             match put {
                 Ok(Written::Created) => {
@@ -724,7 +719,7 @@ mod tests {
             assert_eq!(files.len(), 2, "one file per region");
             let d = f.deliverer();
             d.buckets
-                .put_create("b", &files[0].key, Bytes::copy_from_slice(&files[0].body))
+                .put_create("b", &files[0].key, files[0].body.clone())
                 .await
                 .expect("first file");
             files.iter().map(|x| x.key.clone()).collect::<Vec<_>>()
