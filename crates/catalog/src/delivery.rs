@@ -7,6 +7,7 @@
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+use crate::digests::{self, DigestChains, DigestFile};
 use crate::{Catalog, CatalogError};
 
 /// The version of a stored [`DeliveryState`] body.
@@ -38,6 +39,16 @@ pub struct DeliveryState {
     pub latest_notification_error: Option<String>,
     pub files_delivered: u64,
     pub events_delivered: u64,
+    /// The trail's digest chains while log file validation is on (absent in bodies written
+    /// before digests existed).
+    #[serde(default)]
+    pub digest: Option<DigestChains>,
+    #[serde(default)]
+    pub latest_digest_delivery_time_ms: Option<i64>,
+    #[serde(default)]
+    pub latest_digest_delivery_error: Option<String>,
+    #[serde(default)]
+    pub digests_delivered: u64,
 }
 
 impl DeliveryState {
@@ -135,6 +146,21 @@ impl Catalog {
         change: impl FnOnce(&mut DeliveryState),
         notifications: &[Notification],
     ) -> Result<Option<DeliveryState>, CatalogError> {
+        self.update_delivery_with(arn, init, change, notifications, &[], None)
+    }
+
+    /// [`Catalog::update_delivery`] that also records delivered files for the digests
+    /// (`add_files`) and drops the files a digest round listed (row ids up to `drop_files_upto`),
+    /// all in the same transaction.
+    pub fn update_delivery_with(
+        &self,
+        arn: &str,
+        init: impl FnOnce() -> DeliveryState,
+        change: impl FnOnce(&mut DeliveryState),
+        notifications: &[Notification],
+        add_files: &[DigestFile],
+        drop_files_upto: Option<i64>,
+    ) -> Result<Option<DeliveryState>, CatalogError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if !trail_exists(&tx, arn)? {
@@ -152,6 +178,10 @@ impl Catalog {
                 "INSERT INTO outbox (trail_arn, topic_arn, endpoint, message) VALUES (?1, ?2, ?3, ?4)",
                 params![arn, n.topic_arn, n.endpoint, n.message],
             )?;
+        }
+        digests::insert_files(&tx, arn, add_files)?;
+        if let Some(upto) = drop_files_upto {
+            digests::drop_files(&tx, arn, Some(upto))?;
         }
         tx.commit()?;
         Ok(Some(state))

@@ -2,7 +2,7 @@
 //! selectors, tags and logging state. Embedded SQLite (WAL, `synchronous=FULL`) used from blocking
 //! threads; every change is one transaction.
 //!
-//! Schema version 2 (`PRAGMA user_version = 2`):
+//! Schema version 3 (`PRAGMA user_version = 3`):
 //! - `trails(arn TEXT PRIMARY KEY, account TEXT, home_region TEXT, name TEXT, body TEXT)`, unique on
 //!   (account, home_region, name); `body` is the [`Trail`] as JSON with its own `"v": 1`.
 //! - `deliveries(trail_arn TEXT PRIMARY KEY, body TEXT)`: each trail's delivery cursor, pending
@@ -10,11 +10,22 @@
 //! - `outbox(id INTEGER PRIMARY KEY, trail_arn, topic_arn, endpoint, message, attempts,
 //!   next_attempt_ms)`: delivery notifications not yet accepted by their subscriber. Added in 2.
 //!
-//! Version 1 files are upgraded in place on open (the two tables are added).
+//! - `digest_files(id INTEGER PRIMARY KEY, trail_arn, account, region, bucket, key, sha256,
+//!   oldest_ms, newest_ms, delivered_ms)`: delivered log files not yet listed in a digest. Added
+//!   in 3.
+//! - `signing_keys(fingerprint TEXT PRIMARY KEY, region, public_der BLOB, sealed_private BLOB,
+//!   created_ms, valid_from_ms, valid_to_ms)`: each region's digest signing keys, the private
+//!   half encrypted with the master key. Added in 3.
+//!
+//! Older files are upgraded in place on open (the newer tables are added).
 
 mod delivery;
+mod digests;
 
 pub use delivery::{DeliveryState, Notification, OutboxRow, Plan};
+pub use digests::{
+    DigestChains, DigestFile, DigestRound, PreviousDigest, StoredDigestFile, StoredSigningKey,
+};
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -23,7 +34,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 /// The schema version this code reads and writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 /// The version of a stored [`Trail`] body.
 pub const TRAIL_BODY_VERSION: u32 = 1;
 
@@ -248,6 +259,36 @@ impl Catalog {
                  COMMIT;",
             )?;
         }
+        if version < 3 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS digest_files (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     trail_arn TEXT NOT NULL,
+                     account TEXT NOT NULL,
+                     region TEXT NOT NULL,
+                     bucket TEXT NOT NULL,
+                     key TEXT NOT NULL,
+                     sha256 TEXT NOT NULL,
+                     oldest_ms INTEGER,
+                     newest_ms INTEGER,
+                     delivered_ms INTEGER NOT NULL
+                 );
+                 CREATE INDEX IF NOT EXISTS digest_files_by_trail ON digest_files (trail_arn, id);
+                 CREATE TABLE IF NOT EXISTS signing_keys (
+                     fingerprint TEXT PRIMARY KEY,
+                     region TEXT NOT NULL,
+                     public_der BLOB NOT NULL,
+                     sealed_private BLOB NOT NULL,
+                     created_ms INTEGER NOT NULL,
+                     valid_from_ms INTEGER NOT NULL,
+                     valid_to_ms INTEGER NOT NULL
+                 );
+                 CREATE INDEX IF NOT EXISTS signing_keys_by_region ON signing_keys (region, created_ms);
+                 PRAGMA user_version = 3;
+                 COMMIT;",
+            )?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -352,6 +393,7 @@ impl Catalog {
         let n = tx.execute("DELETE FROM trails WHERE arn = ?1", params![arn])?;
         tx.execute("DELETE FROM deliveries WHERE trail_arn = ?1", params![arn])?;
         tx.execute("DELETE FROM outbox WHERE trail_arn = ?1", params![arn])?;
+        digests::drop_files(&tx, arn, None)?;
         tx.commit()?;
         Ok(n == 1)
     }
@@ -643,7 +685,7 @@ mod tests {
             .expect("raw")
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .expect("version");
-        assert_eq!(version, 2);
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `opentrail` binary. Thin: parses flags, sets up tracing, binds, and calls the library.
 
 mod logs;
+mod validate;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -47,6 +48,18 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: BucketAction,
+    },
+    /// Validate a trail's digest and log files (the AWS CLI's `cloudtrail validate-logs`, plus
+    /// `--local-dir`, parallel hashing and extra checks). Exit status 1 if anything is invalid.
+    ValidateLogs {
+        /// Data directory (for buckets on the local store) [default: ./opentrail-data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// TOML settings file (where buckets live).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        args: validate::ValidateArgs,
     },
     /// List or fetch a trail's delivered log files for a time range (local or S3 buckets).
     Logs {
@@ -177,7 +190,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("opentrail: {e:#}");
             std::process::ExitCode::FAILURE
@@ -185,8 +198,25 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    if let Command::ValidateLogs {
+        data_dir,
+        config,
+        args,
+    } = &cli.command
+    {
+        let settings = load_settings(config.as_deref(), data_dir.clone())?;
+        let code = validate::run(&settings, args)?;
+        return Ok(std::process::ExitCode::from(
+            u8::try_from(code).unwrap_or(1),
+        ));
+    }
+    run_other(cli).map(|()| std::process::ExitCode::SUCCESS)
+}
+
+fn run_other(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::ValidateLogs { .. } => Ok(()),
         Command::Buckets {
             data_dir,
             config,

@@ -1,7 +1,7 @@
 //! Buckets through `object_store`: a local directory per bucket (default) or any S3-compatible
 //! server, globally or per bucket. Writes are create-only and durable when they return.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,9 +12,56 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
-    PutPayload, RetryConfig,
+    Attribute, AttributeValue, Attributes, BackoffConfig, ClientOptions, GetOptions, ObjectMeta,
+    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
 };
+
+/// On the local store, an object's user metadata (S3's `x-amz-meta-*`) is kept in
+/// `<bucket dir>/.opentrail-metadata/<key>.json` as a JSON object of strings.
+pub const METADATA_DIR: &str = ".opentrail-metadata";
+
+/// The sidecar file of `key`'s metadata in a local bucket.
+pub fn metadata_path(bucket_dir: &std::path::Path, key: &str) -> PathBuf {
+    bucket_dir.join(METADATA_DIR).join(format!("{key}.json"))
+}
+
+/// Reads a local object's metadata sidecar (empty when there is none).
+pub fn read_metadata_sidecar(
+    bucket_dir: &std::path::Path,
+    key: &str,
+) -> std::io::Result<BTreeMap<String, String>> {
+    match std::fs::read(metadata_path(bucket_dir, key)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes a metadata sidecar whole (temporary file, fsync, rename, fsync of the directory).
+fn write_metadata_sidecar(
+    bucket_dir: &std::path::Path,
+    key: &str,
+    metadata: &BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = metadata_path(bucket_dir, key);
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("metadata path has no parent"))?;
+    std::fs::create_dir_all(dir)?;
+    let body = serde_json::to_vec(metadata).map_err(std::io::Error::other)?;
+    let mut tmp_name = path.clone().into_os_string();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
 
 /// An S3-compatible endpoint and how to sign for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +280,92 @@ impl Buckets {
         }
     }
 
+    /// [`Buckets::put_create`] with user metadata: `x-amz-meta-*` headers on S3, a sidecar file
+    /// on the local store (written first, so an object is never seen without its metadata; a
+    /// replay rewrites the same sidecar).
+    pub async fn put_create_with_metadata(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Written, BucketError> {
+        if let Some(dir) = self.local_dir(bucket) {
+            // Fails with NoSuchBucket before the sidecar could create directories.
+            self.store(bucket)?;
+            let (d, k, m) = (dir.clone(), key.to_owned(), metadata.clone());
+            tokio::task::spawn_blocking(move || write_metadata_sidecar(&d, &k, &m))
+                .await
+                .map_err(|e| BucketError::new("InternalError", e.to_string()))?
+                .map_err(|e| {
+                    BucketError::new(
+                        "InternalError",
+                        format!("bucket {bucket}: writing the metadata of {key}: {e}"),
+                    )
+                })?;
+            return self.put_create(bucket, key, body).await;
+        }
+        let store = self.store(bucket)?;
+        let mut attributes = Attributes::new();
+        for (k, v) in metadata {
+            attributes.insert(
+                Attribute::Metadata(k.clone().into()),
+                AttributeValue::from(v.clone()),
+            );
+        }
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            attributes,
+            ..PutOptions::default()
+        };
+        match store
+            .put_opts(&path(key)?, PutPayload::from_bytes(body), opts)
+            .await
+        {
+            Ok(_) => Ok(Written::Created),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(Written::AlreadyThere),
+            Err(e) => Err(BucketError::from_store(bucket, &e)),
+        }
+    }
+
+    /// An object with its user metadata.
+    pub async fn get_with_metadata(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(Bytes, BTreeMap<String, String>), BucketError> {
+        if let Some(dir) = self.local_dir(bucket) {
+            let body = self.get(bucket, key).await?;
+            let k = key.to_owned();
+            let meta = tokio::task::spawn_blocking(move || read_metadata_sidecar(&dir, &k))
+                .await
+                .map_err(|e| BucketError::new("InternalError", e.to_string()))?
+                .map_err(|e| {
+                    BucketError::new(
+                        "InternalError",
+                        format!("bucket {bucket}: reading the metadata of {key}: {e}"),
+                    )
+                })?;
+            return Ok((body, meta));
+        }
+        let store = self.store(bucket)?;
+        let r = store
+            .get_opts(&path(key)?, GetOptions::default())
+            .await
+            .map_err(|e| BucketError::from_store(bucket, &e))?;
+        let mut meta = BTreeMap::new();
+        for (k, v) in r.attributes.iter() {
+            if let Attribute::Metadata(name) = k {
+                meta.insert(name.to_string(), v.to_string());
+            }
+        }
+        let body = r
+            .bytes()
+            .await
+            .map_err(|e| BucketError::from_store(bucket, &e))?;
+        Ok((body, meta))
+    }
+
     /// Every object under `prefix`.
     pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>, BucketError> {
         let store = self.store(bucket)?;
@@ -242,11 +375,15 @@ impl Buckets {
         } else {
             Some(path(prefix)?)
         };
-        store
+        let mut objects: Vec<ObjectMeta> = store
             .list(p.as_ref())
             .try_collect()
             .await
-            .map_err(|e| BucketError::from_store(bucket, &e))
+            .map_err(|e| BucketError::from_store(bucket, &e))?;
+        if self.local_dir(bucket).is_some() {
+            objects.retain(|o| !o.location.as_ref().starts_with(METADATA_DIR));
+        }
+        Ok(objects)
     }
 
     pub async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, BucketError> {

@@ -254,9 +254,71 @@ impl DigestDocument {
     }
 }
 
+/// Whether `der` is a PKCS#1 RSAPublicKey usable for SHA256withRSA (2048 to 8192 bits).
+pub fn is_usable_public_key(public_pkcs1_der: &[u8]) -> bool {
+    signature::ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, public_pkcs1_der)
+        .is_ok()
+}
+
+/// What is wrong with a log file's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFileFault {
+    /// Not a gzip stream (or a damaged one).
+    Format,
+    /// Bytes after the end of the first gzip member.
+    TrailingData,
+}
+
+/// Lowercase hex SHA-256 of the content of the single gzip member `gz` (streamed, never held
+/// whole), as the AWS CLI's validator computes it.
+pub fn hash_gzip_member(gz: &[u8]) -> Result<String, LogFileFault> {
+    use std::io::Read;
+    let mut dec = flate2::bufread::GzDecoder::new(gz);
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match dec.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => ctx.update(&buf[..n]),
+            Err(_) => return Err(LogFileFault::Format),
+        }
+    }
+    if !dec.into_inner().is_empty() {
+        return Err(LogFileFault::TrailingData);
+    }
+    Ok(hex(ctx.finish().as_ref()))
+}
+
+/// The content of the first gzip member of `gz` (a digest file).
+pub fn gunzip_member(gz: &[u8]) -> Result<Vec<u8>, LogFileFault> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::bufread::GzDecoder::new(gz)
+        .read_to_end(&mut out)
+        .map_err(|_| LogFileFault::Format)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gzip_members_hash_their_content_and_trailing_bytes_are_caught() {
+        let plain = b"{\"Records\":[]}".repeat(1000);
+        let mut gz = crate::files::gzip(&plain).expect("gzip");
+        assert_eq!(hash_gzip_member(&gz), Ok(sha256_hex(&plain)));
+        let mut two = gz.clone();
+        two.extend_from_slice(&crate::files::gzip(b"x").expect("gzip"));
+        assert_eq!(hash_gzip_member(&two), Err(LogFileFault::TrailingData));
+        gz.push(0);
+        assert_eq!(hash_gzip_member(&gz), Err(LogFileFault::TrailingData));
+        assert_eq!(hash_gzip_member(b"not gzip"), Err(LogFileFault::Format));
+        let mut cut = crate::files::gzip(&plain).expect("gzip");
+        cut.truncate(cut.len() / 2);
+        assert_eq!(hash_gzip_member(&cut), Err(LogFileFault::Format));
+        assert!(!is_usable_public_key(b"junk"));
+    }
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -24,6 +24,11 @@ pub struct LogFile {
     pub records: usize,
     /// Size of the JSON inside.
     pub json_bytes: usize,
+    /// Lowercase hex SHA-256 of the JSON inside (what a digest lists).
+    pub sha256: String,
+    /// Oldest and newest event time of the records (ms).
+    pub oldest_event_ms: Option<i64>,
+    pub newest_event_ms: Option<i64>,
 }
 
 /// What names a plan's files.
@@ -40,6 +45,8 @@ pub struct Naming<'a> {
 struct Part {
     json: Vec<u8>,
     records: usize,
+    oldest: Option<i64>,
+    newest: Option<i64>,
 }
 
 const HEAD: &[u8] = b"{\"Records\":[";
@@ -56,7 +63,8 @@ impl FileBuilder {
         Self::default()
     }
 
-    pub fn push(&mut self, route: Route, record_json: &[u8]) {
+    /// Adds a record (its JSON and event time) to its route's current file.
+    pub fn push(&mut self, route: Route, record_json: &[u8], event_ms: i64) {
         let parts = self.groups.entry(route).or_default();
         let fits = parts.last().is_some_and(|p| {
             p.records == 0 || p.json.len() + record_json.len() + 1 + TAIL.len() <= MAX_FILE_JSON
@@ -64,7 +72,12 @@ impl FileBuilder {
         if !fits {
             let mut json = Vec::with_capacity(64 * 1024);
             json.extend_from_slice(HEAD);
-            parts.push(Part { json, records: 0 });
+            parts.push(Part {
+                json,
+                records: 0,
+                oldest: None,
+                newest: None,
+            });
         }
         if let Some(p) = parts.last_mut() {
             if p.records > 0 {
@@ -72,6 +85,8 @@ impl FileBuilder {
             }
             p.json.extend_from_slice(record_json);
             p.records += 1;
+            p.oldest = Some(p.oldest.map_or(event_ms, |o| o.min(event_ms)));
+            p.newest = Some(p.newest.map_or(event_ms, |n| n.max(event_ms)));
         }
     }
 
@@ -100,6 +115,9 @@ impl FileBuilder {
                     body: gzip(&part.json)?.into(),
                     records: part.records,
                     json_bytes: part.json.len(),
+                    sha256: crate::digest::sha256_hex(&part.json),
+                    oldest_event_ms: part.oldest,
+                    newest_event_ms: part.newest,
                     route: route.clone(),
                 });
             }
@@ -143,9 +161,9 @@ mod tests {
     #[test]
     fn one_file_per_region_with_the_records_verbatim() {
         let mut b = FileBuilder::new();
-        b.push(route("us-east-1"), br#"{"a":1}"#);
-        b.push(route("eu-west-1"), br#"{"b":2}"#);
-        b.push(route("us-east-1"), br#"{"c": [3]}"#);
+        b.push(route("us-east-1"), br#"{"a":1}"#, 5);
+        b.push(route("eu-west-1"), br#"{"b":2}"#, 1);
+        b.push(route("us-east-1"), br#"{"c": [3]}"#, 3);
         let files = b.finish(&naming()).expect("finish");
         assert_eq!(files.len(), 2);
         let east = files
@@ -158,10 +176,15 @@ mod tests {
             .read_to_string(&mut text)
             .expect("gunzip");
         assert_eq!(text, r#"{"Records":[{"a":1},{"c": [3]}]}"#);
+        assert_eq!(east.sha256, crate::digest::sha256_hex(text.as_bytes()));
+        assert_eq!(
+            (east.oldest_event_ms, east.newest_event_ms),
+            (Some(3), Some(5))
+        );
         assert!(east.key.contains("/CloudTrail/us-east-1/2015/08/01/"));
         // Replaying the same plan names the same files.
         let mut again = FileBuilder::new();
-        again.push(route("us-east-1"), br#"{"a":1}"#);
+        again.push(route("us-east-1"), br#"{"a":1}"#, 5);
         let again = again.finish(&naming()).expect("finish");
         assert_eq!(again[0].key, east.key);
     }
@@ -171,7 +194,7 @@ mod tests {
         let mut b = FileBuilder::new();
         let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(10_000_000)).into_bytes();
         for _ in 0..6 {
-            b.push(route("us-east-1"), &big);
+            b.push(route("us-east-1"), &big, 0);
         }
         let files = b.finish(&naming()).expect("finish");
         assert_eq!(files.len(), 2);

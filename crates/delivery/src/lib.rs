@@ -10,14 +10,17 @@
 //! - [`worker`]: the per-trail workers and the notifier (cursor, plan, commit).
 
 pub mod buckets;
+mod chains;
 pub mod digest;
 pub mod files;
 pub mod filter;
+pub mod keys;
 pub mod layout;
 pub mod notify;
 pub mod worker;
 
 pub use buckets::{BucketError, Buckets, S3Target, Target, Written};
 pub use filter::{Organization, TrailFilter, trail_selectors};
+pub use keys::{Keyring, KeyringError, MasterKey, PublicKeyInfo};
 pub use notify::{Topic, Topics};
 pub use worker::{Deliverer, DeliveryConfig, DeliveryError, DeliveryStats};

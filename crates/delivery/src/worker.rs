@@ -20,14 +20,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use opentrail_catalog::{Catalog, CatalogError, DeliveryState, Notification, Plan, Trail};
+use opentrail_catalog::{
+    Catalog, CatalogError, DeliveryState, DigestFile, Notification, Plan, Trail,
+};
 use opentrail_log::{EventLog, LogError};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::buckets::{BucketError, Buckets, Written};
+use crate::chains::{RoundWork, commit_round, prepare_round, record_failure};
 use crate::files::{FileBuilder, LogFile, Naming};
 use crate::filter::{Organization, TrailFilter};
+use crate::keys::Keyring;
 use crate::notify::{Sender, Topics, announce};
 
 /// Most log records one plan covers.
@@ -56,6 +60,8 @@ pub enum DeliveryError {
     Task(#[from] tokio::task::JoinError),
     #[error("encoding a notification: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("signing keys: {0}")]
+    Keys(String),
 }
 
 /// What the workers are told.
@@ -67,6 +73,8 @@ pub struct DeliveryConfig {
     pub max_backoff: Duration,
     pub org: Option<Organization>,
     pub topics: Topics,
+    /// Length of a digest window (CloudTrail: one hour).
+    pub digest_interval: Duration,
 }
 
 /// Counters for `/metrics`.
@@ -79,6 +87,8 @@ pub struct DeliveryStats {
     pub failures: AtomicU64,
     pub notifications: AtomicU64,
     pub notification_failures: AtomicU64,
+    pub digests: AtomicU64,
+    pub digest_failures: AtomicU64,
 }
 
 /// Delivery for every trail.
@@ -86,6 +96,7 @@ pub struct Deliverer {
     log: EventLog,
     catalog: Arc<Catalog>,
     buckets: Arc<Buckets>,
+    keyring: Arc<Keyring>,
     config: DeliveryConfig,
     sender: Sender,
     outbox_wake: Notify,
@@ -123,12 +134,14 @@ impl Deliverer {
         log: EventLog,
         catalog: Arc<Catalog>,
         buckets: Arc<Buckets>,
+        keyring: Arc<Keyring>,
         config: DeliveryConfig,
     ) -> Result<Self, String> {
         Ok(Self {
             log,
             catalog,
             buckets,
+            keyring,
             config,
             sender: Sender::new()?,
             outbox_wake: Notify::new(),
@@ -138,6 +151,10 @@ impl Deliverer {
 
     pub fn buckets(&self) -> &Buckets {
         &self.buckets
+    }
+
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
     }
 
     /// Makes every trail's logging spans agree with its logging state after a restart: a
@@ -232,7 +249,21 @@ impl Deliverer {
             // The cadence counts from the start of a step: an event acknowledged just after a
             // step read the log's end is in a file one interval (plus a step's work) later.
             let began = tokio::time::Instant::now();
-            let wait = match self.step(&arn).await {
+            let stepped = self.step(&arn).await;
+            if matches!(stepped, Ok(Step::Gone)) {
+                return;
+            }
+            // Digests are written by the same task, after the delivery step: every file whose
+            // delivery committed before a round's end is in the catalog when the round is made.
+            let digest_due = match self.digest_step(&arn).await {
+                Ok(due) => due,
+                Err(e) => {
+                    self.stats.digest_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(trail = %arn, error = %e, "digest delivery failed; will retry");
+                    Some(now_ms() + i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX))
+                }
+            };
+            let mut wait = match stepped {
                 Ok(Step::Gone) => return,
                 Ok(Step::Delivered { more: true }) => {
                     backoff = first;
@@ -250,6 +281,10 @@ impl Deliverer {
                     wait
                 }
             };
+            if let Some(due) = digest_due {
+                let until = u64::try_from(due.saturating_sub(now_ms())).unwrap_or(0);
+                wait = wait.min(Duration::from_millis(until));
+            }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => return,
@@ -322,8 +357,25 @@ impl Deliverer {
         let arn2 = arn.to_owned();
         let nfiles = files.len() as u64;
         let done_ms = now_ms();
+        let for_digests: Vec<DigestFile> = if trail.log_file_validation_enabled {
+            files
+                .iter()
+                .map(|f| DigestFile {
+                    account: f.route.account.clone(),
+                    region: f.route.region.clone(),
+                    bucket: trail.s3_bucket_name.clone(),
+                    key: f.key.clone(),
+                    sha256: f.sha256.clone(),
+                    oldest_event_ms: f.oldest_event_ms,
+                    newest_event_ms: f.newest_event_ms,
+                    delivered_ms: done_ms,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         tokio::task::spawn_blocking(move || {
-            catalog.update_delivery(
+            catalog.update_delivery_with(
                 &arn2,
                 || DeliveryState::new(plan.from),
                 |s| {
@@ -337,6 +389,8 @@ impl Deliverer {
                     s.events_delivered += events as u64;
                 },
                 &notes,
+                &for_digests,
+                None,
             )
         })
         .await??;
@@ -347,6 +401,73 @@ impl Deliverer {
         Ok(Step::Delivered {
             more: plan.to - plan.from >= MAX_PLAN_EVENTS,
         })
+    }
+
+    /// Writes the trail's digest round if one is due (see [`crate::chains`]). Returns when to
+    /// look again.
+    async fn digest_step(&self, arn: &str) -> Result<Option<i64>, DeliveryError> {
+        let work = {
+            let catalog = Arc::clone(&self.catalog);
+            let keyring = Arc::clone(&self.keyring);
+            let org_id = self.config.org.as_ref().map(|o| o.id.clone());
+            let period = self.config.digest_interval;
+            let arn = arn.to_owned();
+            tokio::task::spawn_blocking(move || {
+                let org = catalog
+                    .get(&arn)?
+                    .filter(|t| t.is_organization_trail)
+                    .and(org_id);
+                prepare_round(&catalog, &keyring, org.as_deref(), &arn, period, now_ms())
+            })
+            .await??
+        };
+        let (round, bucket, digests) = match work {
+            RoundWork::Wait(due) => return Ok(due),
+            RoundWork::Write {
+                round,
+                bucket,
+                digests,
+            } => (round, bucket, digests),
+        };
+        for d in &digests {
+            let meta = std::collections::BTreeMap::from([
+                ("signature".to_owned(), d.signature.clone()),
+                (
+                    "signature-algorithm".to_owned(),
+                    crate::digest::SIGNATURE_ALGORITHM.to_owned(),
+                ),
+            ]);
+            match self
+                .buckets
+                .put_create_with_metadata(&bucket, &d.key, d.body.clone(), &meta)
+                .await
+            {
+                Ok(Written::Created) => {
+                    self.stats.digests.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Written::AlreadyThere) => {
+                    tracing::info!(trail = %arn, key = %d.key, "digest was already written by an earlier attempt");
+                }
+                Err(e) => {
+                    let catalog = Arc::clone(&self.catalog);
+                    let arn2 = arn.to_owned();
+                    let code = e.code.clone();
+                    tokio::task::spawn_blocking(move || record_failure(&catalog, &arn2, code))
+                        .await??;
+                    return Err(e.into());
+                }
+            }
+        }
+        let catalog = Arc::clone(&self.catalog);
+        let arn2 = arn.to_owned();
+        let n = digests.len();
+        let end = round.end_ms;
+        tokio::task::spawn_blocking(move || {
+            commit_round(&catalog, &arn2, &round, &digests, now_ms())
+        })
+        .await??;
+        tracing::debug!(trail = %arn, digests = n, end, "digests written");
+        Ok(Some(now_ms()))
     }
 
     fn notifications(
@@ -513,7 +634,7 @@ fn prepare(
                     message: e.to_string(),
                 })?;
             if let Some(route) = route {
-                builder.push(route, &r.json);
+                builder.push(route, &r.json, r.time_ms);
             }
         }
     }
@@ -572,6 +693,7 @@ mod tests {
         dir: tempfile::TempDir,
         log: EventLog,
         catalog: Arc<Catalog>,
+        keyring: Arc<Keyring>,
         arn: String,
     }
 
@@ -589,11 +711,13 @@ mod tests {
                 self.log.clone(),
                 Arc::clone(&self.catalog),
                 Arc::new(buckets),
+                Arc::clone(&self.keyring),
                 DeliveryConfig {
                     interval,
                     max_backoff: Duration::from_millis(100),
                     org: None,
                     topics: Topics::default(),
+                    digest_interval: Duration::from_secs(10),
                 },
             )
             .expect("deliverer")
@@ -669,10 +793,16 @@ mod tests {
             })
             .collect();
         log.append(records).await.expect("append");
+        let keyring = Arc::new(Keyring::new(
+            Arc::clone(&catalog),
+            crate::keys::MasterKey::generate().expect("master"),
+            Duration::from_secs(3600),
+        ));
         Fixture {
             dir,
             log,
             catalog,
+            keyring,
             arn: t.arn,
         }
     }
@@ -830,5 +960,172 @@ mod tests {
         ids.sort();
         assert_eq!(ids, ["e0", "e1", "e2"]);
         assert_eq!(d.retention_floor().expect("floor"), u64::MAX);
+    }
+
+    fn gunzip(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut out)
+            .expect("gunzip");
+        out
+    }
+
+    /// Digest rounds: a chain per region, contiguous windows of exactly one period, pointers
+    /// to the previous digest, an identical replay after a crash mid-round, and a last round when
+    /// logging stops.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn digest_rounds_chain_replay_identically_and_end_on_stop() {
+        let f = fixture(6).await;
+        f.catalog
+            .modify(&f.arn, 5, |t| -> Result<(), ()> {
+                t.log_file_validation_enabled = true;
+                Ok(())
+            })
+            .expect("modify")
+            .expect("ok");
+        let d = f.deliverer();
+        let period = Duration::from_secs(10);
+        let t0 = now_ms();
+        let round = |now: i64| prepare_round(&f.catalog, &f.keyring, None, &f.arn, period, now);
+        // The chain starts (home region only) and its first window ends one period later.
+        let start = t0 - t0.rem_euclid(1000);
+        assert!(
+            matches!(round(t0).expect("start"), RoundWork::Wait(Some(due)) if due == start + 10_000)
+        );
+        assert!(matches!(
+            d.step(&f.arn).await,
+            Ok(Step::Delivered { more: false })
+        ));
+        assert!(matches!(
+            round(t0 + 5_000).expect("early"),
+            RoundWork::Wait(_)
+        ));
+        // Due: one digest per region, the files listed in the region's digest.
+        let RoundWork::Write {
+            digests,
+            bucket,
+            round: r1,
+        } = round(t0 + 10_000).expect("due")
+        else {
+            panic!("expected a round");
+        };
+        assert_eq!(bucket, "b");
+        assert_eq!(r1.end_ms, start + 10_000);
+        let chains: Vec<&str> = digests.iter().map(|x| x.chain.as_str()).collect();
+        assert_eq!(chains, ["111122223333/eu-west-1", "111122223333/us-east-1"]);
+        // A crash after the first digest was written: the stored round rebuilds the same bytes.
+        d.buckets
+            .put_create("b", &digests[0].key, digests[0].body.clone())
+            .await
+            .expect("first digest");
+        let RoundWork::Write {
+            digests: again,
+            round: r1b,
+            ..
+        } = round(t0 + 60_000).expect("replay")
+        else {
+            panic!("expected the stored round");
+        };
+        assert_eq!(r1b, r1, "the stored round, not a new one");
+        for (a, b) in digests.iter().zip(&again) {
+            assert_eq!(
+                (&a.key, &a.sha256, &a.signature),
+                (&b.key, &b.sha256, &b.signature)
+            );
+            assert_eq!(gunzip(&a.body), gunzip(&b.body));
+        }
+        assert!(
+            d.digest_step(&f.arn)
+                .await
+                .expect("finish round")
+                .is_some()
+        );
+        let east: serde_json::Value = serde_json::from_slice(&gunzip(
+            &std::fs::read(f.dir.path().join("buckets/b").join(&digests[1].key)).expect("read"),
+        ))
+        .expect("json");
+        assert_eq!(east["previousDigestSignature"], serde_json::Value::Null);
+        assert_eq!(east["logFiles"].as_array().expect("files").len(), 1);
+        assert_eq!(
+            east["digestStartTime"],
+            opentrail_model::time::format_event_time(start)
+        );
+        let meta =
+            crate::buckets::read_metadata_sidecar(&f.dir.path().join("buckets/b"), &digests[1].key)
+                .expect("meta");
+        assert_eq!(meta.get("signature"), Some(&digests[1].signature));
+        // The next round (late by two periods: one window of two periods) points back.
+        let RoundWork::Write {
+            digests: next,
+            round: r2,
+            ..
+        } = round(start + 31_000).expect("next")
+        else {
+            panic!("expected a round");
+        };
+        assert_eq!(r2.end_ms, start + 30_000);
+        let doc: serde_json::Value = serde_json::from_slice(&gunzip(&next[1].body)).expect("json");
+        assert_eq!(doc["previousDigestS3Object"], digests[1].key.as_str());
+        assert_eq!(doc["previousDigestHashValue"], digests[1].sha256.as_str());
+        assert_eq!(
+            doc["previousDigestSignature"],
+            digests[1].signature.as_str()
+        );
+        assert_eq!(doc["logFiles"], serde_json::json!([]));
+        assert_eq!(doc["oldestEventTime"], serde_json::Value::Null);
+        d.digest_step(&f.arn).await.expect("write round 2");
+        // Logging stops: a last, shorter round, then no chain.
+        f.catalog
+            .modify(&f.arn, 5, |t| -> Result<(), ()> {
+                t.is_logging = false;
+                t.close_span(6);
+                Ok(())
+            })
+            .expect("modify")
+            .expect("ok");
+        // A file delivered after the round's time (the stop's own file, say) is still listed.
+        f.catalog
+            .update_delivery_with(
+                &f.arn,
+                || unreachable!(),
+                |_| {},
+                &[],
+                &[DigestFile {
+                    account: ACCT.into(),
+                    region: "us-east-1".into(),
+                    bucket: "b".into(),
+                    key: "late.json.gz".into(),
+                    sha256: "0".repeat(64),
+                    oldest_event_ms: None,
+                    newest_event_ms: None,
+                    delivered_ms: start + 33_700,
+                }],
+                None,
+            )
+            .expect("late file");
+        let RoundWork::Write {
+            round: r3,
+            digests: last,
+            ..
+        } = round(start + 33_500).expect("last")
+        else {
+            panic!("expected the last round");
+        };
+        assert!(r3.last);
+        assert_eq!(r3.end_ms, start + 34_000, "rounded up to the second");
+        let doc: serde_json::Value = serde_json::from_slice(&gunzip(&last[1].body)).expect("json");
+        assert_eq!(doc["logFiles"][0]["s3Object"], "late.json.gz");
+        d.digest_step(&f.arn).await.expect("write last");
+        let state = f
+            .catalog
+            .delivery_state(&f.arn)
+            .expect("state")
+            .expect("some");
+        assert_eq!(state.digest, None);
+        assert_eq!(state.digests_delivered, 6);
+        assert!(matches!(
+            round(start + 99_000).expect("none"),
+            RoundWork::Wait(None)
+        ));
     }
 }

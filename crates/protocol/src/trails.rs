@@ -158,6 +158,10 @@ pub struct TrailStatus {
     pub latest_delivery_attempt_succeeded: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latest_notification_attempt_succeeded: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_digest_delivery_time: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_digest_delivery_error: Option<String>,
 }
 
 /// AddTags / RemoveTags input.

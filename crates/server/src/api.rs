@@ -140,7 +140,9 @@ async fn dispatch(
             .await
             .map(empty),
         Operation::ListTags => json(&trails::list_tags(app, ctx, parse_request(body)?).await?),
-        Operation::ListPublicKeys => json(&trails::list_public_keys(parse_request(body)?)?),
+        Operation::ListPublicKeys => {
+            json(&trails::list_public_keys(app, ctx, parse_request(body)?).await?)
+        }
         Operation::PutEventSelectors => {
             json(&trails::put_event_selectors(app, ctx, parse_request(body)?).await?)
         }

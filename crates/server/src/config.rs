@@ -64,6 +64,17 @@ pub struct Settings {
     pub sns_subscriptions: Vec<String>,
     /// The secret each topic signs its notifications with: `topic=secret` entries.
     pub sns_topic_secrets: Vec<String>,
+    /// Length of a digest window for trails with log file validation. Default 1 hour.
+    pub digest_interval: Duration,
+    /// How long a region's digest signing key signs before a new one replaces it. Default
+    /// 30 days.
+    pub signing_key_rotation: Duration,
+    /// The master key sealing the signing keys, as 64 hex digits (environment only:
+    /// `OPENTRAIL_MASTER_KEY`). Takes precedence over `master_key_file`.
+    pub master_key: Option<String>,
+    /// A file holding the master key (64 hex digits). Default `<data_dir>/master.key`, created
+    /// at first start when absent.
+    pub master_key_file: Option<PathBuf>,
 }
 
 /// Where one bucket lives, when it is not where the global settings put buckets.
@@ -107,6 +118,10 @@ impl Default for Settings {
             buckets: BTreeMap::new(),
             sns_subscriptions: Vec::new(),
             sns_topic_secrets: Vec::new(),
+            digest_interval: Duration::from_secs(3600),
+            signing_key_rotation: Duration::from_secs(30 * 86_400),
+            master_key: None,
+            master_key_file: None,
         }
     }
 }
@@ -153,6 +168,9 @@ struct FileSettings {
     buckets: Option<BTreeMap<String, BucketSettings>>,
     sns_subscriptions: Option<Vec<String>>,
     sns_topic_secrets: Option<Vec<String>>,
+    digest_interval: Option<String>,
+    signing_key_rotation: Option<String>,
+    master_key_file: Option<PathBuf>,
 }
 
 fn invalid(name: &str, message: impl Into<String>) -> ConfigError {
@@ -227,6 +245,13 @@ impl Settings {
             s.buckets = f.buckets.unwrap_or(s.buckets);
             s.sns_subscriptions = f.sns_subscriptions.unwrap_or(s.sns_subscriptions);
             s.sns_topic_secrets = f.sns_topic_secrets.unwrap_or(s.sns_topic_secrets);
+            if let Some(v) = f.digest_interval {
+                s.digest_interval = duration("digest_interval", &v)?;
+            }
+            if let Some(v) = f.signing_key_rotation {
+                s.signing_key_rotation = duration("signing_key_rotation", &v)?;
+            }
+            s.master_key_file = f.master_key_file.or(s.master_key_file);
         }
         let get = |name: &str| {
             env.get(&format!("OPENTRAIL_{}", name.to_ascii_uppercase()))
@@ -321,7 +346,36 @@ impl Settings {
         if let Some(v) = get("sns_topic_secrets") {
             s.sns_topic_secrets = list(v);
         }
+        if let Some(v) = get("digest_interval") {
+            s.digest_interval = duration("OPENTRAIL_DIGEST_INTERVAL", v)?;
+        }
+        if let Some(v) = get("signing_key_rotation") {
+            s.signing_key_rotation = duration("OPENTRAIL_SIGNING_KEY_ROTATION", v)?;
+        }
+        if let Some(v) = get("master_key") {
+            s.master_key = Some(v.clone());
+        }
+        if let Some(v) = get("master_key_file") {
+            s.master_key_file = Some(PathBuf::from(v));
+        }
         Ok(s)
+    }
+
+    /// The master key that seals the signing keys: `master_key`, else the key file (created
+    /// when it is the default one and absent). Blocking.
+    pub fn load_master_key(
+        &self,
+    ) -> Result<opentrail_delivery::MasterKey, opentrail_delivery::KeyringError> {
+        if let Some(k) = &self.master_key {
+            return opentrail_delivery::MasterKey::from_hex(k);
+        }
+        match &self.master_key_file {
+            Some(path) => opentrail_delivery::MasterKey::load_or_create(path, false),
+            None => opentrail_delivery::MasterKey::load_or_create(
+                &self.data_dir.join("master.key"),
+                true,
+            ),
+        }
     }
 
     /// Where buckets live: the default for every bucket, and the buckets configured on their own.
@@ -472,6 +526,20 @@ impl Settings {
         }
         if self.delivery_max_backoff < Duration::from_millis(100) {
             return Err(invalid("delivery_max_backoff", "must be at least 100ms"));
+        }
+        if self.digest_interval < Duration::from_secs(1) {
+            return Err(invalid("digest_interval", "must be at least 1s"));
+        }
+        if self.signing_key_rotation < Duration::from_secs(1) {
+            return Err(invalid("signing_key_rotation", "must be at least 1s"));
+        }
+        if let Some(k) = &self.master_key
+            && opentrail_delivery::MasterKey::from_hex(k).is_err()
+        {
+            return Err(invalid(
+                "OPENTRAIL_MASTER_KEY",
+                "must be 64 hex digits (256 bits)",
+            ));
         }
         let is_url = |u: &str| u.starts_with("http://") || u.starts_with("https://");
         let endpoints = std::iter::once(self.s3_endpoint.as_ref())

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{get, post};
 use opentrail_catalog::{Catalog, CatalogError};
-use opentrail_delivery::{Buckets, Deliverer, DeliveryConfig};
+use opentrail_delivery::{Buckets, Deliverer, DeliveryConfig, Keyring};
 use opentrail_index::{HistoryIndex, IndexError};
 use opentrail_log::{EventLog, LogConfig, LogError};
 use tokio::net::TcpListener;
@@ -96,17 +96,30 @@ pub async fn run(
     })
     .await??;
     let catalog = Arc::new(catalog);
+    let master = {
+        let s = settings.clone();
+        tokio::task::spawn_blocking(move || s.load_master_key())
+            .await?
+            .map_err(|e| ServerError::Delivery(e.to_string()))?
+    };
+    let keyring = Arc::new(Keyring::new(
+        Arc::clone(&catalog),
+        master,
+        settings.signing_key_rotation,
+    ));
     let (default_target, bucket_targets) = settings.bucket_targets();
     let delivery = Arc::new(
         Deliverer::new(
             log.clone(),
             Arc::clone(&catalog),
             Arc::new(Buckets::new(default_target, bucket_targets)),
+            keyring,
             DeliveryConfig {
                 interval: settings.delivery_interval,
                 max_backoff: settings.delivery_max_backoff,
                 org: settings.organization(),
                 topics: settings.topics(),
+                digest_interval: settings.digest_interval,
             },
         )
         .map_err(ServerError::Delivery)?,

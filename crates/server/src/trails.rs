@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
+use base64::Engine as _;
 use opentrail_catalog::{Catalog, CatalogError, Tag as StoredTag, Trail};
 use opentrail_model::names::{TrailArn, check_bucket_name, check_trail_name, is_valid_topic_name};
 use opentrail_protocol::trails::{
     DescribeTrailsRequest, DescribeTrailsResponse, GetTrailResponse, ListPublicKeysRequest,
     ListPublicKeysResponse, ListTagsRequest, ListTagsResponse, ListTrailsResponse, NameRequest,
-    ResourceTag, Tag, TagsRequest, TrailInfo, TrailSettings, TrailStatus, TrailSummary,
+    PublicKey, ResourceTag, Tag, TagsRequest, TrailInfo, TrailSettings, TrailStatus, TrailSummary,
 };
 use opentrail_protocol::{ApiError, Exception};
 
@@ -701,6 +702,8 @@ pub(crate) async fn get_trail_status(
         latest_notification_attempt_time: d.latest_notification_attempt_ms.map(iso),
         latest_delivery_attempt_succeeded: d.latest_delivery_attempt_succeeded_ms.map(iso),
         latest_notification_attempt_succeeded: d.latest_notification_attempt_succeeded_ms.map(iso),
+        latest_digest_delivery_time: secs(d.latest_digest_delivery_time_ms),
+        latest_digest_delivery_error: d.latest_digest_delivery_error,
     })
 }
 
@@ -870,26 +873,44 @@ pub(crate) async fn list_tags(
     })
 }
 
-/// No signing keys exist until log file integrity is built; the answer is an honest empty list.
-pub(crate) fn list_public_keys(
+/// ListPublicKeys: the request region's digest signing keys whose validity overlaps the range
+/// (both ends default to now, which gives the current key).
+pub(crate) async fn list_public_keys(
+    app: &Arc<App>,
+    ctx: &CallContext,
     req: ListPublicKeysRequest,
 ) -> Result<ListPublicKeysResponse, ApiError> {
-    if let (Some(s), Some(e)) = (req.start_time, req.end_time)
-        && s.0 > e.0
-    {
+    if req.next_token.is_some() {
+        return Err(err(
+            Exception::InvalidTokenException,
+            "NextToken is not valid: every key is returned in one page",
+        ));
+    }
+    let now = ctx.now_ms;
+    let start = req.start_time.map_or(now, |t| t.0);
+    let end = req.end_time.map_or(now, |t| t.0);
+    if start > end {
         return Err(err(
             Exception::InvalidTimeRangeException,
             "StartTime must not be after EndTime",
         ));
     }
-    if req.next_token.is_some() {
-        return Err(err(
-            Exception::InvalidTokenException,
-            "NextToken is not valid",
-        ));
-    }
+    let keyring = Arc::clone(app.delivery.keyring());
+    let region = ctx.region.clone();
+    let keys = tokio::task::spawn_blocking(move || keyring.public_keys(&region, start, end))
+        .await
+        .map_err(|e| err(Exception::InternalFailure, e.to_string()))?
+        .map_err(|e| err(Exception::InternalFailure, e.to_string()))?;
     Ok(ListPublicKeysResponse {
-        public_key_list: Vec::new(),
+        public_key_list: keys
+            .into_iter()
+            .map(|k| PublicKey {
+                value: base64::engine::general_purpose::STANDARD.encode(&k.der),
+                validity_start_time: k.valid_from_ms as f64 / 1000.0,
+                validity_end_time: k.valid_to_ms as f64 / 1000.0,
+                fingerprint: k.fingerprint,
+            })
+            .collect(),
     })
 }
 
