@@ -74,6 +74,7 @@ pub(crate) fn prepare_round(
     arn: &str,
     period: Duration,
     now: i64,
+    end_now: bool,
 ) -> Result<RoundWork, DeliveryError> {
     let Some(trail) = catalog.get(arn)? else {
         return Ok(RoundWork::Wait(None));
@@ -81,7 +82,7 @@ pub(crate) fn prepare_round(
     let state = catalog.delivery_state(arn)?;
     let wanted = trail.is_logging && trail.log_file_validation_enabled;
     let Some(chains) = state.as_ref().and_then(|s| s.digest.clone()) else {
-        if !wanted {
+        if !wanted || end_now {
             // Files recorded just before validation was turned off, with no chain to list
             // them: nothing will ever list them.
             if catalog.digest_files_before(arn, i64::MAX)?.0 > 0 {
@@ -129,6 +130,7 @@ pub(crate) fn prepare_round(
                 &chains,
                 period,
                 now,
+                end_now,
             )?
             else {
                 let due = chains.window_start_ms.saturating_add(period_ms(period));
@@ -167,11 +169,14 @@ fn new_round(
     chains: &DigestChains,
     period: Duration,
     now: i64,
+    end_now: bool,
 ) -> Result<Option<DigestRound>, DeliveryError> {
     let p = period_ms(period);
     let start = chains.window_start_ms;
     let wanted = trail.is_logging && trail.log_file_validation_enabled;
-    let last = if wanted {
+    let last = if end_now {
+        true
+    } else if wanted {
         false
     } else if trail.is_logging {
         // Validation was turned off: end the chains now.

@@ -100,6 +100,8 @@ pub struct Deliverer {
     config: DeliveryConfig,
     sender: Sender,
     outbox_wake: Notify,
+    /// One lock per trail: its worker and [`Deliverer::finish`] never run steps at once.
+    trail_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub stats: DeliveryStats,
 }
 
@@ -145,6 +147,7 @@ impl Deliverer {
             config,
             sender: Sender::new()?,
             outbox_wake: Notify::new(),
+            trail_locks: std::sync::Mutex::new(HashMap::new()),
             stats: DeliveryStats::default(),
         })
     }
@@ -155,6 +158,43 @@ impl Deliverer {
 
     pub fn keyring(&self) -> &Arc<Keyring> {
         &self.keyring
+    }
+
+    fn trail_lock(&self, arn: &str) -> Arc<tokio::sync::Mutex<()>> {
+        match self.trail_locks.lock() {
+            Ok(mut m) => Arc::clone(m.entry(arn.to_owned()).or_default()),
+            // A poisoned map only means another thread panicked holding it; a fresh lock
+            // still serializes this caller's own steps.
+            Err(_) => Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// Before a trail is deleted: delivers what it has logged so far (a bounded number of
+    /// plans) and ends its digest chains with a last digest. Returns an error if the bucket
+    /// refused; the caller decides whether to go on.
+    pub async fn finish(&self, arn: &str) -> Result<(), DeliveryError> {
+        let lock = self.trail_lock(arn);
+        let _held = lock.lock().await;
+        for _ in 0..64 {
+            match self.step(arn).await? {
+                Step::Delivered { .. } => continue,
+                Step::Idle | Step::Gone => break,
+            }
+        }
+        // A stored round first, then the last one.
+        for _ in 0..4 {
+            if self
+                .digest_step_with(arn, true)
+                .await?
+                .is_none_or(|due| due > now_ms())
+            {
+                break;
+            }
+        }
+        if let Ok(mut m) = self.trail_locks.lock() {
+            m.remove(arn);
+        }
+        Ok(())
     }
 
     /// Makes every trail's logging spans agree with its logging state after a restart: a
@@ -249,13 +289,17 @@ impl Deliverer {
             // The cadence counts from the start of a step: an event acknowledged just after a
             // step read the log's end is in a file one interval (plus a step's work) later.
             let began = tokio::time::Instant::now();
+            let lock = self.trail_lock(&arn);
+            let held = lock.lock().await;
             let stepped = self.step(&arn).await;
             if matches!(stepped, Ok(Step::Gone)) {
                 return;
             }
             // Digests are written by the same task, after the delivery step: every file whose
             // delivery committed before a round's end is in the catalog when the round is made.
-            let digest_due = match self.digest_step(&arn).await {
+            let digested = self.digest_step(&arn).await;
+            drop(held);
+            let digest_due = match digested {
                 Ok(due) => due,
                 Err(e) => {
                     self.stats.digest_failures.fetch_add(1, Ordering::Relaxed);
@@ -406,6 +450,15 @@ impl Deliverer {
     /// Writes the trail's digest round if one is due (see [`crate::chains`]). Returns when to
     /// look again.
     async fn digest_step(&self, arn: &str) -> Result<Option<i64>, DeliveryError> {
+        self.digest_step_with(arn, false).await
+    }
+
+    /// [`Deliverer::digest_step`]; `end_now` ends the chains with this round (trail deletion).
+    async fn digest_step_with(
+        &self,
+        arn: &str,
+        end_now: bool,
+    ) -> Result<Option<i64>, DeliveryError> {
         let work = {
             let catalog = Arc::clone(&self.catalog);
             let keyring = Arc::clone(&self.keyring);
@@ -417,7 +470,15 @@ impl Deliverer {
                     .get(&arn)?
                     .filter(|t| t.is_organization_trail)
                     .and(org_id);
-                prepare_round(&catalog, &keyring, org.as_deref(), &arn, period, now_ms())
+                prepare_round(
+                    &catalog,
+                    &keyring,
+                    org.as_deref(),
+                    &arn,
+                    period,
+                    now_ms(),
+                    end_now,
+                )
             })
             .await??
         };
@@ -986,7 +1047,8 @@ mod tests {
         let d = f.deliverer();
         let period = Duration::from_secs(10);
         let t0 = now_ms();
-        let round = |now: i64| prepare_round(&f.catalog, &f.keyring, None, &f.arn, period, now);
+        let round =
+            |now: i64| prepare_round(&f.catalog, &f.keyring, None, &f.arn, period, now, false);
         // The chain starts (home region only) and its first window ends one period later.
         let start = t0 - t0.rem_euclid(1000);
         assert!(
@@ -1034,12 +1096,7 @@ mod tests {
             );
             assert_eq!(gunzip(&a.body), gunzip(&b.body));
         }
-        assert!(
-            d.digest_step(&f.arn)
-                .await
-                .expect("finish round")
-                .is_some()
-        );
+        assert!(d.digest_step(&f.arn).await.expect("finish round").is_some());
         let east: serde_json::Value = serde_json::from_slice(&gunzip(
             &std::fs::read(f.dir.path().join("buckets/b").join(&digests[1].key)).expect("read"),
         ))

@@ -608,6 +608,22 @@ pub(crate) async fn delete_trail(
 ) -> Result<(), ApiError> {
     let t = resolve(app, ctx, &req.name).await?;
     check_owner_and_home(ctx, &t)?;
+    // What the trail logged is delivered and its digest chains end with a last digest before
+    // it goes; a bucket that refuses (or is slow) does not keep the trail from being deleted.
+    let finishing = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        app.delivery.finish(&t.arn),
+    )
+    .await;
+    match finishing {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(trail = %t.arn, error = %e, "deleting a trail whose last delivery or digest failed")
+        }
+        Err(_) => {
+            tracing::warn!(trail = %t.arn, "deleting a trail whose last delivery or digest timed out")
+        }
+    }
     let arn = t.arn.clone();
     with_catalog(app, move |c| c.delete(&arn)).await?;
     Ok(())
