@@ -22,9 +22,14 @@ const TARGET: &str = "com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.Loo
     about = "OpenTrail vs SQLite: durable ingest and LookupEvents latency; trail delivery vs gzip -6"
 )]
 struct Args {
-    /// Which measurements: all, ingest-lookup, or delivery.
-    #[arg(long, default_value = "all", value_parser = ["all", "ingest-lookup", "delivery"])]
+    /// Which measurements: all (ingest-lookup and delivery), ingest-lookup, delivery, or
+    /// validate (log file validation vs the AWS CLI and sha256sum; needs s3s-fs and the AWS CLI,
+    /// see crates/bench/src/validate.rs).
+    #[arg(long, default_value = "all", value_parser = ["all", "ingest-lookup", "delivery", "validate"])]
     suite: String,
+    /// MB of JSON delivered for the validation benchmark.
+    #[arg(long, default_value_t = 1_000)]
+    validate_mb: u64,
     /// Events in the delivery backlog.
     #[arg(long, default_value_t = 100_000)]
     delivery_events: usize,
@@ -46,6 +51,7 @@ struct Args {
 }
 
 mod delivery;
+mod validate;
 
 /// Deterministic xorshift64* generator.
 struct Rng(u64);
@@ -508,6 +514,9 @@ fn main() -> anyhow::Result<()> {
         sizes[sizes.len() / 2],
         sizes[sizes.len() * 99 / 100]
     );
+    if args.suite == "validate" {
+        return validate::run(args.seed, args.validate_mb, &root, now_s);
+    }
     if args.suite != "ingest-lookup" {
         delivery::run(args.seed, args.delivery_events, &root, now_s)?;
     }

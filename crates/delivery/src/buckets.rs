@@ -315,15 +315,39 @@ impl Buckets {
         }
         let opts = PutOptions {
             mode: PutMode::Create,
-            attributes,
+            attributes: attributes.clone(),
             ..PutOptions::default()
         };
+        let p = path(key)?;
         match store
-            .put_opts(&path(key)?, PutPayload::from_bytes(body), opts)
+            .put_opts(&p, PutPayload::from_bytes(body.clone()), opts)
             .await
         {
             Ok(_) => Ok(Written::Created),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(Written::AlreadyThere),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // An earlier attempt wrote the object; a server that failed after storing the
+                // body may have lost the metadata. The body is the same (a replay writes the
+                // same bytes), so a missing or different metadata is written again.
+                let (_, have) = self.get_with_metadata(bucket, key).await?;
+                if metadata.iter().all(|(k, v)| have.get(k) == Some(v)) {
+                    return Ok(Written::AlreadyThere);
+                }
+                tracing::warn!(
+                    bucket,
+                    key,
+                    "object metadata missing after an earlier attempt; writing it again"
+                );
+                let opts = PutOptions {
+                    mode: PutMode::Overwrite,
+                    attributes,
+                    ..PutOptions::default()
+                };
+                store
+                    .put_opts(&p, PutPayload::from_bytes(body), opts)
+                    .await
+                    .map_err(|e| BucketError::from_store(bucket, &e))?;
+                Ok(Written::AlreadyThere)
+            }
             Err(e) => Err(BucketError::from_store(bucket, &e)),
         }
     }

@@ -144,6 +144,16 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
             "Notification attempts that failed and will be retried.",
             &d.notification_failures,
         ),
+        (
+            "opentrail_delivery_digests_total",
+            "Digest files written to buckets.",
+            &d.digests,
+        ),
+        (
+            "opentrail_digest_failures_total",
+            "Digest rounds that failed and will be retried.",
+            &d.digest_failures,
+        ),
     ] {
         metric(
             name,
