@@ -668,3 +668,18 @@ def gunzip_single_member(data: bytes, where: str) -> bytes:
 
 def deep_copy(obj: Any) -> Any:
     return copy.deepcopy(obj)
+
+
+def trail_status_with_body(server: OpenTrailServer, name: str, region: str = DEFAULT_REGION) -> tuple[dict, dict]:
+    """GetTrailStatus through boto3: the parsed response and the raw JSON body (boto3 drops
+    null members, so absence is checked on the raw body)."""
+    client = cloudtrail_client(server, region)
+    box: dict = {}
+
+    def grab(http_response, **_kw):
+        box["body"] = http_response.content
+
+    client.meta.events.register("after-call.cloudtrail.GetTrailStatus", grab)
+    parsed = client.get_trail_status(Name=name)
+    parsed = {k: v for k, v in parsed.items() if k != "ResponseMetadata"}
+    return parsed, json.loads(box["body"])

@@ -49,6 +49,7 @@ from conftest import (
     make_insight_record,
     make_record,
     parse_event_time,
+    trail_status_with_body,
     uid,
     gunzip_single_member,
 )
@@ -360,16 +361,7 @@ def trail_status(server, name: str) -> tuple[dict, dict]:
     """GetTrailStatus through boto3: the parsed response and the raw JSON body (boto3 drops
     null members, so absence is checked on the raw body)."""
     STATUS_CALLS[name] = STATUS_CALLS.get(name, 0) + 1
-    client = cloudtrail_client(server, HOME)
-    box: dict = {}
-
-    def grab(http_response, **_kw):
-        box["body"] = http_response.content
-
-    client.meta.events.register("after-call.cloudtrail.GetTrailStatus", grab)
-    parsed = client.get_trail_status(Name=name)
-    parsed = {k: v for k, v in parsed.items() if k != "ResponseMetadata"}
-    return parsed, json.loads(box["body"])
+    return trail_status_with_body(server, name, HOME)
 
 
 def poll(what: str, fn: Callable[[], Any], timeout: float = DELIVERY_TIMEOUT_S, interval: float = POLL_S) -> Any:

@@ -72,6 +72,10 @@ pub struct DigestChains {
     /// `account/region` → the chain's latest digest (`None`: the next one starts the chain).
     pub chains: BTreeMap<String, Option<PreviousDigest>>,
     pub round: Option<DigestRound>,
+    /// When the worker first saw validation turned off while the trail logs: the chains end
+    /// once the call that turned it off has been delivered (absent in older bodies).
+    #[serde(default)]
+    pub ending_since_ms: Option<i64>,
 }
 
 /// One region's signing key as stored: the private half sealed with the master key.
@@ -421,6 +425,7 @@ mod tests {
                 chains: vec!["111122223333/us-east-1".into()],
                 last: false,
             }),
+            ending_since_ms: None,
         });
         s.latest_digest_delivery_time_ms = Some(1_767_326_400_500);
         s.digests_delivered = 7;

@@ -762,19 +762,36 @@ pub fn run(settings: &opentrail_server::Settings, args: &ValidateArgs) -> anyhow
         let present = rt
             .block_on(store.buckets.list(&bucket, &logs_prefix))
             .map_err(|e| anyhow::anyhow!("listing s3://{bucket}/{logs_prefix}: {e}"))?;
-        let mut stray: Vec<String> = present
+        let unlisted: Vec<(String, i64)> = present
             .into_iter()
             .map(|m| m.location.to_string())
-            .filter(|k| {
-                let Some(t) = key_time_ms(k) else {
-                    return false;
-                };
-                !referenced.contains(&format!("{bucket}/{k}"))
-                    && t >= start
-                    && t <= end
-                    && covered.iter().any(|(s, e)| t >= *s && t + 65_000 <= *e)
+            .filter_map(|k| {
+                let t = key_time_ms(&k)?;
+                (!referenced.contains(&format!("{bucket}/{k}")) && t + 60_000 > start && t <= end)
+                    .then_some((k, t))
             })
             .collect();
+        let (mut stray, maybe): (Vec<_>, Vec<_>) = unlisted.into_iter().partition(|(_, t)| {
+            *t >= start && covered.iter().any(|(s, e)| *t >= *s && t + 65_000 <= *e)
+        });
+        // A recent file may simply not be in a digest yet; but one whose content a digest
+        // lists under another key is a copy or a move.
+        let listed: BTreeSet<&str> = valid
+            .iter()
+            .flat_map(|v| v.log_files.iter())
+            .filter_map(|f| f["hashValue"].as_str())
+            .collect();
+        let work: Vec<(String, String, String)> = maybe
+            .iter()
+            .map(|(k, _)| (bucket.clone(), k.clone(), String::new()))
+            .collect();
+        let hashes = rt.block_on(hash_all(Arc::clone(&store), &work, jobs));
+        for ((k, t), h) in maybe.into_iter().zip(hashes) {
+            if h.is_some_and(|h| listed.contains(h.as_str())) {
+                stray.push((k, t));
+            }
+        }
+        let mut stray: Vec<String> = stray.into_iter().map(|(k, _)| k).collect();
         stray.sort();
         for k in stray {
             counts.invalid_logs += 1;
@@ -827,6 +844,29 @@ fn ratio(out: &mut String, valid: u64, invalid: u64, name: &str) {
             out.push_str(&format!(", {invalid}/{total} {name} files INVALID"));
         }
     }
+}
+
+/// The content hash of each `(bucket, key, _)` (`None` if it cannot be read or unpacked).
+async fn hash_all(
+    store: Arc<Store>,
+    work: &[(String, String, String)],
+    jobs: usize,
+) -> Vec<Option<String>> {
+    use futures::StreamExt;
+    futures::stream::iter(work.iter().cloned())
+        .map(|(b, k, _)| {
+            let store = Arc::clone(&store);
+            async move {
+                let body = store.buckets.get(&b, &k).await.ok()?;
+                tokio::task::spawn_blocking(move || hash_gzip_member(&body).ok())
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        })
+        .buffered(jobs)
+        .collect()
+        .await
 }
 
 /// Checks each `(bucket, key, expected hash)`: fetch, gunzip and hash on `jobs` tasks at once.

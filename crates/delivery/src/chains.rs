@@ -67,6 +67,7 @@ pub(crate) fn chain_id(account: &str, region: &str) -> String {
 }
 
 /// Decides (or resumes) the trail's digest round and builds its digests. Blocking.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn prepare_round(
     catalog: &Catalog,
     keyring: &Keyring,
@@ -75,6 +76,7 @@ pub(crate) fn prepare_round(
     period: Duration,
     now: i64,
     end_now: bool,
+    step_began_ms: i64,
 ) -> Result<RoundWork, DeliveryError> {
     let Some(trail) = catalog.get(arn)? else {
         return Ok(RoundWork::Wait(None));
@@ -103,6 +105,7 @@ pub(crate) fn prepare_round(
             window_start_ms: start,
             chains: BTreeMap::from([(home, None)]),
             round: None,
+            ending_since_ms: None,
         };
         let cursor = state.as_ref().map_or(0, |s| s.cursor);
         catalog.update_delivery(
@@ -131,6 +134,7 @@ pub(crate) fn prepare_round(
                 period,
                 now,
                 end_now,
+                step_began_ms,
             )?
             else {
                 let due = chains.window_start_ms.saturating_add(period_ms(period));
@@ -170,28 +174,46 @@ fn new_round(
     period: Duration,
     now: i64,
     end_now: bool,
+    step_began_ms: i64,
 ) -> Result<Option<DigestRound>, DeliveryError> {
     let p = period_ms(period);
     let start = chains.window_start_ms;
     let wanted = trail.is_logging && trail.log_file_validation_enabled;
-    let last = if end_now {
+    if wanted != chains.ending_since_ms.is_none() {
+        // Validation just went off (remember when) or came back on (forget it).
+        let since = (!wanted).then_some(now);
+        catalog.update_delivery(
+            &trail.arn,
+            || DeliveryState::new(0),
+            |s| {
+                if let Some(d) = s.digest.as_mut() {
+                    d.ending_since_ms = since;
+                }
+            },
+            &[],
+        )?;
+    }
+    let last_ready = if end_now {
         true
     } else if wanted {
         false
     } else if trail.is_logging {
-        // Validation was turned off: end the chains now.
-        true
+        // Validation was turned off: the UpdateTrail call that did it is recorded just after
+        // the change, so the chains end after a delivery step that began a second later.
+        chains
+            .ending_since_ms
+            .is_some_and(|since| step_began_ms >= since + 1000)
     } else {
         // Logging stopped: end the chains once everything logged is delivered (and the stop
         // itself is sealed into the trail's spans).
         let sealed = trail.logging_spans.last().is_none_or(|s| s.to.is_some());
         let cursor = state.map_or(0, |s| s.cursor);
         let idle = state.is_none_or(|s| s.plan.is_none());
-        if !(sealed && idle && trail.next_logged(cursor).is_none()) {
-            return Ok(None);
-        }
-        true
+        sealed && idle && trail.next_logged(cursor).is_none()
     };
+    // A regular window that has ended is written first, so only the last window is ever
+    // shorter than a period (and none is longer, downtime aside).
+    let last = now < start.saturating_add(p) && last_ready;
     let end = if last {
         // Rounded up: the window covers every delivery so far, including this second's.
         whole_seconds(now + 999).max(start + 1000)

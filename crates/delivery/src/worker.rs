@@ -124,6 +124,9 @@ enum Prepared {
         trail: Box<Trail>,
         plan: Plan,
         files: Vec<LogFile>,
+        /// The files go into the trail's digests (validation is on, or its chains have not
+        /// ended yet).
+        digested: bool,
     },
 }
 
@@ -184,7 +187,7 @@ impl Deliverer {
         // A stored round first, then the last one.
         for _ in 0..4 {
             if self
-                .digest_step_with(arn, true)
+                .digest_step_with(arn, true, now_ms())
                 .await?
                 .is_none_or(|due| due > now_ms())
             {
@@ -289,6 +292,7 @@ impl Deliverer {
             // The cadence counts from the start of a step: an event acknowledged just after a
             // step read the log's end is in a file one interval (plus a step's work) later.
             let began = tokio::time::Instant::now();
+            let began_ms = now_ms();
             let lock = self.trail_lock(&arn);
             let held = lock.lock().await;
             let stepped = self.step(&arn).await;
@@ -297,7 +301,7 @@ impl Deliverer {
             }
             // Digests are written by the same task, after the delivery step: every file whose
             // delivery committed before a round's end is in the catalog when the round is made.
-            let digested = self.digest_step(&arn).await;
+            let digested = self.digest_step(&arn, began_ms).await;
             drop(held);
             let digest_due = match digested {
                 Ok(due) => due,
@@ -346,11 +350,16 @@ impl Deliverer {
             tokio::task::spawn_blocking(move || prepare(&log, &catalog, org.as_ref(), &arn))
                 .await??
         };
-        let (trail, plan, files) = match prepared {
+        let (trail, plan, files, digested) = match prepared {
             Prepared::Gone => return Ok(Step::Gone),
             Prepared::Idle => return Ok(Step::Idle),
             Prepared::Skipped => return Ok(Step::Delivered { more: true }),
-            Prepared::Files { trail, plan, files } => (trail, plan, files),
+            Prepared::Files {
+                trail,
+                plan,
+                files,
+                digested,
+            } => (trail, plan, files, digested),
         };
         let attempt_ms = now_ms();
         for f in &files {
@@ -401,7 +410,7 @@ impl Deliverer {
         let arn2 = arn.to_owned();
         let nfiles = files.len() as u64;
         let done_ms = now_ms();
-        let for_digests: Vec<DigestFile> = if trail.log_file_validation_enabled {
+        let for_digests: Vec<DigestFile> = if digested {
             files
                 .iter()
                 .map(|f| DigestFile {
@@ -449,8 +458,8 @@ impl Deliverer {
 
     /// Writes the trail's digest round if one is due (see [`crate::chains`]). Returns when to
     /// look again.
-    async fn digest_step(&self, arn: &str) -> Result<Option<i64>, DeliveryError> {
-        self.digest_step_with(arn, false).await
+    async fn digest_step(&self, arn: &str, began_ms: i64) -> Result<Option<i64>, DeliveryError> {
+        self.digest_step_with(arn, false, began_ms).await
     }
 
     /// [`Deliverer::digest_step`]; `end_now` ends the chains with this round (trail deletion).
@@ -458,6 +467,7 @@ impl Deliverer {
         &self,
         arn: &str,
         end_now: bool,
+        began_ms: i64,
     ) -> Result<Option<i64>, DeliveryError> {
         let work = {
             let catalog = Arc::clone(&self.catalog);
@@ -478,6 +488,7 @@ impl Deliverer {
                     period,
                     now_ms(),
                     end_now,
+                    began_ms,
                 )
             })
             .await??
@@ -734,10 +745,13 @@ fn prepare(
             &[],
         )?;
     }
+    let digested =
+        trail.log_file_validation_enabled || state.as_ref().is_some_and(|s| s.digest.is_some());
     Ok(Prepared::Files {
         trail: Box::new(trail),
         plan,
         files,
+        digested,
     })
 }
 
@@ -1047,8 +1061,11 @@ mod tests {
         let d = f.deliverer();
         let period = Duration::from_secs(10);
         let t0 = now_ms();
-        let round =
-            |now: i64| prepare_round(&f.catalog, &f.keyring, None, &f.arn, period, now, false);
+        let round = |now: i64| {
+            prepare_round(
+                &f.catalog, &f.keyring, None, &f.arn, period, now, false, now,
+            )
+        };
         // The chain starts (home region only) and its first window ends one period later.
         let start = t0 - t0.rem_euclid(1000);
         assert!(
@@ -1096,7 +1113,12 @@ mod tests {
             );
             assert_eq!(gunzip(&a.body), gunzip(&b.body));
         }
-        assert!(d.digest_step(&f.arn).await.expect("finish round").is_some());
+        assert!(
+            d.digest_step(&f.arn, now_ms())
+                .await
+                .expect("finish round")
+                .is_some()
+        );
         let east: serde_json::Value = serde_json::from_slice(&gunzip(
             &std::fs::read(f.dir.path().join("buckets/b").join(&digests[1].key)).expect("read"),
         ))
@@ -1130,7 +1152,9 @@ mod tests {
         );
         assert_eq!(doc["logFiles"], serde_json::json!([]));
         assert_eq!(doc["oldestEventTime"], serde_json::Value::Null);
-        d.digest_step(&f.arn).await.expect("write round 2");
+        d.digest_step(&f.arn, now_ms())
+            .await
+            .expect("write round 2");
         // Logging stops: a last, shorter round, then no chain.
         f.catalog
             .modify(&f.arn, 5, |t| -> Result<(), ()> {
@@ -1172,7 +1196,7 @@ mod tests {
         assert_eq!(r3.end_ms, start + 34_000, "rounded up to the second");
         let doc: serde_json::Value = serde_json::from_slice(&gunzip(&last[1].body)).expect("json");
         assert_eq!(doc["logFiles"][0]["s3Object"], "late.json.gz");
-        d.digest_step(&f.arn).await.expect("write last");
+        d.digest_step(&f.arn, now_ms()).await.expect("write last");
         let state = f
             .catalog
             .delivery_state(&f.arn)
