@@ -683,3 +683,15 @@ def trail_status_with_body(server: OpenTrailServer, name: str, region: str = DEF
     parsed = client.get_trail_status(Name=name)
     parsed = {k: v for k, v in parsed.items() if k != "ResponseMetadata"}
     return parsed, json.loads(box["body"])
+
+
+def poll_until(what: str, fn: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
+    """Call ``fn`` until it returns something truthy; fail with the last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = fn()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last value: {last!r}", pytrace=False)
+        time.sleep(interval)

@@ -38,6 +38,7 @@ import requests
 from botocore.exceptions import ClientError
 
 from conftest import (
+    poll_until,
     ACCOUNT_ID,
     OMIT,
     assert_record_roundtrip,
@@ -365,16 +366,7 @@ def trail_status(server, name: str) -> tuple[dict, dict]:
 
 
 def poll(what: str, fn: Callable[[], Any], timeout: float = DELIVERY_TIMEOUT_S, interval: float = POLL_S) -> Any:
-    """Call ``fn`` until it returns something truthy; fail with the last value after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last value: {last!r}", pytrace=False)
-        time.sleep(interval)
+    return poll_until(what, fn, timeout, interval)
 
 
 def ingest(server, records: list[dict]) -> list[str]:

@@ -51,6 +51,7 @@ import rsa
 from botocore.exceptions import ClientError
 
 from conftest import (
+    poll_until,
     ACCOUNT_ID,
     FAKE_ACCESS_KEY,
     FAKE_SECRET_KEY,
@@ -670,14 +671,7 @@ def run_opentrail_validate(server, arn: str, start: dt.datetime, end: dt.datetim
 
 
 def poll(what: str, fn: Callable[[], Any], timeout: float = WAIT_S, interval: float = POLL_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last value: {last!r}", pytrace=False)
-        time.sleep(interval)
+    return poll_until(what, fn, timeout, interval)
 
 
 def trail_status(server, name: str) -> tuple[dict, dict]:
