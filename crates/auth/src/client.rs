@@ -93,20 +93,14 @@ pub fn presign_url(
     let mut settings = SigningSettings::default();
     settings.signature_location = SignatureLocation::QueryParams;
     settings.expires_in = Some(expires);
-    let (_, params) = signed(
-        creds,
-        region,
-        service,
-        method,
-        url,
-        &[],
-        b"",
-        now,
-        settings,
-    )?;
+    let (_, params) = signed(creds, region, service, method, url, &[], b"", now, settings)?;
     let mut out = url.to_owned();
     for (i, (k, v)) in params.iter().enumerate() {
-        let sep = if i == 0 && !url.contains('?') { '?' } else { '&' };
+        let sep = if i == 0 && !url.contains('?') {
+            '?'
+        } else {
+            '&'
+        };
         out.push(sep);
         out.push_str(k);
         out.push('=');
@@ -160,4 +154,38 @@ fn signed(
         .map(|(k, v)| ((*k).to_owned(), v.to_string()))
         .collect();
     Ok((hdrs, query))
+}
+
+/// The `Host` header an HTTP client sends for `url` (`host[:port]`).
+pub fn host_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// Signs a request to `url` at the current time. `headers` are the ones the request carries
+/// besides `Host` (added from the URL for signing; HTTP clients send it themselves). Returns
+/// the headers to add: `x-amz-date` and `authorization`.
+pub fn sign_now(
+    creds: &Credentials,
+    region: &str,
+    service: &str,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Vec<(String, String)>, SignError> {
+    let host = host_of(url).ok_or_else(|| SignError::Signing(format!("no host in {url}")))?;
+    let mut all: Vec<(&str, &str)> = vec![("host", host)];
+    all.extend_from_slice(headers);
+    sign_headers(
+        creds,
+        region,
+        service,
+        method,
+        url,
+        &all,
+        body,
+        SystemTime::now(),
+    )
 }

@@ -86,7 +86,10 @@ pub const MANAGED_POLICIES: [(&str, &str, &str); 3] = [
 /// The document of a ready-made policy, by ARN.
 pub fn managed_policy(arn: &str) -> Option<(&'static str, &'static str, &'static str)> {
     let name = arn.strip_prefix(MANAGED_ARN_PREFIX)?;
-    MANAGED_POLICIES.iter().copied().find(|(n, _, _)| *n == name)
+    MANAGED_POLICIES
+        .iter()
+        .copied()
+        .find(|(n, _, _)| *n == name)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

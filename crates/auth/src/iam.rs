@@ -233,7 +233,10 @@ fn doc_member(body: &Value) -> Result<String, IamError> {
 }
 
 fn attachment_count(dir: &Directory, arn: &str) -> usize {
-    dir.users.values().filter(|u| u.attached.contains(arn)).count()
+    dir.users
+        .values()
+        .filter(|u| u.attached.contains(arn))
+        .count()
         + dir
             .groups
             .values()
@@ -281,7 +284,9 @@ fn policy_json(dir: &Directory, account: &str, arn: &str) -> Option<Value> {
 fn named_policy(dir: &Directory, account: &str, body: &Value) -> Result<String, IamError> {
     if let Some(arn) = opt_str(body, "PolicyArn")? {
         if dir.policy_document(account, arn).is_none() {
-            return Err(no_such(format!("Policy {arn} does not exist or is not attachable.")));
+            return Err(no_such(format!(
+                "Policy {arn} does not exist or is not attachable."
+            )));
         }
         return Ok(arn.to_owned());
     }
@@ -349,7 +354,9 @@ pub fn resource(dir: &Directory, account: &str, action: &str, body: &Value) -> S
         "GetPolicy" | "GetPolicyVersion" | "DeletePolicy" | "ListEntitiesForPolicy" => {
             s("PolicyArn").unwrap_or("*").to_owned()
         }
-        a if a.contains("Group") && !a.contains("ForUser") && a != "AddUserToGroup"
+        a if a.contains("Group")
+            && !a.contains("ForUser")
+            && a != "AddUserToGroup"
             && a != "RemoveUserFromGroup" =>
         {
             let name = s("GroupName").unwrap_or_default();
@@ -416,7 +423,9 @@ fn run(
                 return Err(exists(format!("User with name {name} already exists.")));
             }
             if dir.users.len() >= MAX_USERS {
-                return Err(limit(format!("Cannot exceed quota for UsersPerAccount: {MAX_USERS}")));
+                return Err(limit(format!(
+                    "Cannot exceed quota for UsersPerAccount: {MAX_USERS}"
+                )));
             }
             let user = User {
                 name: name.to_owned(),
@@ -461,7 +470,9 @@ fn run(
         "DeleteUser" => {
             let name = req_str(body, "UserName")?;
             let u = user_mut(dir, name)?;
-            if !u.access_keys.is_empty() || !u.attached.is_empty() || !u.inline.is_empty()
+            if !u.access_keys.is_empty()
+                || !u.attached.is_empty()
+                || !u.inline.is_empty()
                 || !u.groups.is_empty()
             {
                 return Err(conflict(format!(
@@ -538,7 +549,9 @@ fn run(
                 return Err(exists(format!("Group with name {name} already exists.")));
             }
             if dir.groups.len() >= MAX_GROUPS {
-                return Err(limit(format!("Cannot exceed quota for GroupsPerAccount: {MAX_GROUPS}")));
+                return Err(limit(format!(
+                    "Cannot exceed quota for GroupsPerAccount: {MAX_GROUPS}"
+                )));
             }
             let g = Group {
                 name: name.to_owned(),
@@ -645,7 +658,9 @@ fn run(
             let set = if action == "ListAttachedUserPolicies" {
                 user_mut(dir, req_str(body, "UserName")?)?.attached.clone()
             } else {
-                group_mut(dir, req_str(body, "GroupName")?)?.attached.clone()
+                group_mut(dir, req_str(body, "GroupName")?)?
+                    .attached
+                    .clone()
             };
             let list: Vec<Value> = set
                 .iter()
@@ -728,7 +743,9 @@ fn run(
             let doc = doc_member(body)?;
             parse_doc(&doc, MAX_MANAGED_POLICY_CHARS)?;
             if dir.policies.contains_key(&name.to_lowercase())
-                || MANAGED_POLICIES.iter().any(|(n, _, _)| n.eq_ignore_ascii_case(name))
+                || MANAGED_POLICIES
+                    .iter()
+                    .any(|(n, _, _)| n.eq_ignore_ascii_case(name))
             {
                 return Err(exists(format!(
                     "A policy called {name} already exists. Duplicate names are not allowed."
@@ -740,8 +757,13 @@ fn run(
                 )));
             }
             let description = opt_str(body, "Description")?.map(str::to_owned);
-            if description.as_ref().is_some_and(|d| d.chars().count() > 1000) {
-                return Err(invalid("Description must be at most 1000 characters".to_owned()));
+            if description
+                .as_ref()
+                .is_some_and(|d| d.chars().count() > 1000)
+            {
+                return Err(invalid(
+                    "Description must be at most 1000 characters".to_owned(),
+                ));
             }
             let p = CustomerPolicy {
                 name: name.to_owned(),
@@ -771,23 +793,35 @@ fn run(
                 .ok_or_else(|| {
                     no_such(format!("Policy {arn} version {version} does not exist."))
                 })?;
-            Ok(json!({"PolicyVersion": {"Document": doc, "VersionId": "v1", "IsDefaultVersion": true}}))
+            Ok(
+                json!({"PolicyVersion": {"Document": doc, "VersionId": "v1", "IsDefaultVersion": true}}),
+            )
         }
         "ListPolicies" => {
             let scope = opt_str(body, "Scope")?.unwrap_or("All");
             let mut list = Vec::new();
             if matches!(scope, "All" | "AWS") {
                 for (n, _, _) in MANAGED_POLICIES {
-                    list.extend(policy_json(dir, account, &format!("{MANAGED_ARN_PREFIX}{n}")));
+                    list.extend(policy_json(
+                        dir,
+                        account,
+                        &format!("{MANAGED_ARN_PREFIX}{n}"),
+                    ));
                 }
             }
             if matches!(scope, "All" | "Local") {
                 for p in dir.policies.values() {
-                    list.extend(policy_json(dir, account, &policy_arn(account, &p.path, &p.name)));
+                    list.extend(policy_json(
+                        dir,
+                        account,
+                        &policy_arn(account, &p.path, &p.name),
+                    ));
                 }
             }
             if !matches!(scope, "All" | "AWS" | "Local") {
-                return Err(invalid(format!("Scope '{scope}' is not valid: All, AWS or Local")));
+                return Err(invalid(format!(
+                    "Scope '{scope}' is not valid: All, AWS or Local"
+                )));
             }
             Ok(json!({"Policies": list, "IsTruncated": false}))
         }
@@ -808,12 +842,16 @@ fn run(
                 .filter(|g| g.attached.contains(arn))
                 .map(|g| json!({"GroupName": g.name, "GroupId": g.group_id}))
                 .collect();
-            Ok(json!({"PolicyUsers": users, "PolicyGroups": groups, "PolicyRoles": [], "IsTruncated": false}))
+            Ok(
+                json!({"PolicyUsers": users, "PolicyGroups": groups, "PolicyRoles": [], "IsTruncated": false}),
+            )
         }
         "DeletePolicy" => {
             let arn = req_str(body, "PolicyArn")?;
             if arn.starts_with(MANAGED_ARN_PREFIX) {
-                return Err(invalid(format!("{arn} is a ready-made policy and cannot be deleted.")));
+                return Err(invalid(format!(
+                    "{arn} is a ready-made policy and cannot be deleted."
+                )));
             }
             let Some(key) = dir
                 .policies
@@ -838,9 +876,26 @@ fn run(
                 .map(|u| {
                     let mut v = user_json(account, u);
                     if let Some(m) = v.as_object_mut() {
-                        m.insert("GroupList".to_owned(), json!(u.groups.iter().filter_map(|g| dir.groups.get(g)).map(|g| g.name.clone()).collect::<Vec<_>>()));
+                        m.insert(
+                            "GroupList".to_owned(),
+                            json!(
+                                u.groups
+                                    .iter()
+                                    .filter_map(|g| dir.groups.get(g))
+                                    .map(|g| g.name.clone())
+                                    .collect::<Vec<_>>()
+                            ),
+                        );
                         m.insert("AttachedManagedPolicies".to_owned(), json!(u.attached));
-                        m.insert("UserPolicyList".to_owned(), json!(u.inline.iter().map(|(n, d)| json!({"PolicyName": n, "PolicyDocument": d})).collect::<Vec<_>>()));
+                        m.insert(
+                            "UserPolicyList".to_owned(),
+                            json!(
+                                u.inline
+                                    .iter()
+                                    .map(|(n, d)| json!({"PolicyName": n, "PolicyDocument": d}))
+                                    .collect::<Vec<_>>()
+                            ),
+                        );
                     }
                     v
                 })
@@ -852,7 +907,15 @@ fn run(
                     let mut v = group_json(account, g);
                     if let Some(m) = v.as_object_mut() {
                         m.insert("AttachedManagedPolicies".to_owned(), json!(g.attached));
-                        m.insert("GroupPolicyList".to_owned(), json!(g.inline.iter().map(|(n, d)| json!({"PolicyName": n, "PolicyDocument": d})).collect::<Vec<_>>()));
+                        m.insert(
+                            "GroupPolicyList".to_owned(),
+                            json!(
+                                g.inline
+                                    .iter()
+                                    .map(|(n, d)| json!({"PolicyName": n, "PolicyDocument": d}))
+                                    .collect::<Vec<_>>()
+                            ),
+                        );
                     }
                     v
                 })

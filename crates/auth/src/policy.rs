@@ -190,17 +190,11 @@ pub fn evaluate<'a>(policies: impl IntoIterator<Item = &'a Policy>, ctx: &Contex
 impl Statement {
     fn applies(&self, version: Option<&str>, ctx: &Context) -> bool {
         let vars = version == Some("2012-10-17");
-        let action_hit = |pats: &[String]| {
-            pats.iter()
-                .any(|p| wildcard_match(p, &ctx.action, true))
-        };
+        let action_hit =
+            |pats: &[String]| pats.iter().any(|p| wildcard_match(p, &ctx.action, true));
         let resource_hit = |pats: &[String]| {
             pats.iter().any(|p| {
-                let p = if vars {
-                    substitute(p, ctx)
-                } else {
-                    p.clone()
-                };
+                let p = if vars { substitute(p, ctx) } else { p.clone() };
                 wildcard_match(&p, &ctx.resource, false)
             })
         };
@@ -212,12 +206,7 @@ impl Statement {
             Patterns::Only(p) => resource_hit(p),
             Patterns::Not(p) => !resource_hit(p),
         };
-        action_ok
-            && resource_ok
-            && self
-                .conditions
-                .iter()
-                .all(|c| c.holds(vars, ctx))
+        action_ok && resource_ok && self.conditions.iter().all(|c| c.holds(vars, ctx))
     }
 }
 
@@ -294,7 +283,11 @@ fn matches(op: Operator, pattern: &str, value: &str) -> bool {
         StringEquals => pattern == value,
         StringEqualsIgnoreCase => pattern.eq_ignore_ascii_case(value),
         StringLike => wildcard_match(pattern, value, false),
-        DateEquals | DateLessThan | DateLessThanEquals | DateGreaterThan | DateGreaterThanEquals => {
+        DateEquals
+        | DateLessThan
+        | DateLessThanEquals
+        | DateGreaterThan
+        | DateGreaterThanEquals => {
             let (Some(p), Some(v)) = (parse_date(pattern), parse_date(value)) else {
                 return false;
             };
@@ -328,7 +321,9 @@ pub fn parse_date(s: &str) -> Option<i64> {
             .ok()
             .map(|z| z.timestamp().as_millisecond());
     }
-    s.parse::<i64>().ok().and_then(|secs| secs.checked_mul(1000))
+    s.parse::<i64>()
+        .ok()
+        .and_then(|secs| secs.checked_mul(1000))
 }
 
 fn parse_net(s: &str) -> Option<ipnet::IpNet> {
@@ -402,9 +397,7 @@ fn check_action(a: &str) -> Result<(), PolicyError> {
     match a.split_once(':') {
         Some((svc, act))
             if !svc.is_empty()
-                && svc
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && svc.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !act.is_empty()
                 && act
                     .bytes()

@@ -341,7 +341,10 @@ fn parse_signed_headers(list: &str) -> Result<Vec<String>, AuthError> {
             truncate(list, 200)
         )));
     }
-    if names.iter().any(|n| n.bytes().any(|b| b.is_ascii_uppercase())) {
+    if names
+        .iter()
+        .any(|n| n.bytes().any(|b| b.is_ascii_uppercase()))
+    {
         return Err(AuthError::Incomplete(
             "SignedHeaders must list lowercase header names".to_owned(),
         ));
@@ -708,13 +711,8 @@ impl Verifier {
             return Err(AuthError::InvalidClientTokenId);
         };
         let presigned = claimed.expires_s.is_some();
-        let canonical = canonical_request(
-            req,
-            &claimed.signed_headers,
-            &payload_hash,
-            presigned,
-            true,
-        )?;
+        let canonical =
+            canonical_request(req, &claimed.signed_headers, &payload_hash, presigned, true)?;
         let scope = format!(
             "{}/{}/{}/aws4_request",
             claimed.date, claimed.region, claimed.service

@@ -221,7 +221,13 @@ struct OpenTrail {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
     agent: ureq::Agent,
+    /// The root key requests are signed with; `None` when the server runs without auth.
+    creds: Option<opentrail_auth::client::Credentials>,
 }
+
+/// The root key benchmark servers are given (unless a suite sets its own).
+pub(crate) const ROOT_ID: &str = "AKIAOPENTRAILBENCH01";
+pub(crate) const ROOT_SECRET: &str = "bench/root/secret/0123456789abcdefghijklmn";
 
 impl OpenTrail {
     fn start(dir: &Path) -> anyhow::Result<Self> {
@@ -232,7 +238,17 @@ impl OpenTrail {
         })
     }
 
-    fn start_with(settings: opentrail_server::Settings) -> anyhow::Result<Self> {
+    fn start_with(mut settings: opentrail_server::Settings) -> anyhow::Result<Self> {
+        if settings.root_access_key_id.is_none() {
+            settings.root_access_key_id = Some(ROOT_ID.to_owned());
+            settings.root_secret_access_key = Some(ROOT_SECRET.to_owned());
+        }
+        let creds = (!settings.insecure_no_auth).then(|| {
+            opentrail_auth::client::Credentials::new(
+                settings.root_access_key_id.clone().unwrap_or_default(),
+                settings.root_secret_access_key.clone().unwrap_or_default(),
+            )
+        });
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -260,6 +276,7 @@ impl OpenTrail {
             shutdown: Some(tx),
             thread: Some(thread),
             agent,
+            creds,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -276,11 +293,55 @@ impl OpenTrail {
         bail!("opentrail did not start")
     }
 
+    /// A request signed with the root key (when the server checks signatures).
+    fn send(
+        &self,
+        method: &str,
+        service: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+        let url = format!("{}{path}", self.url);
+        let signed = match &self.creds {
+            Some(c) => opentrail_auth::client::sign_now(
+                c,
+                "us-east-1",
+                service,
+                method,
+                &url,
+                headers,
+                body,
+            )?,
+            None => Vec::new(),
+        };
+        let all = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .chain(signed);
+        if method == "GET" {
+            let mut req = self.agent.get(&url);
+            for (k, v) in all {
+                req = req.header(k, v);
+            }
+            Ok(req.call()?)
+        } else {
+            let mut req = self.agent.post(&url);
+            for (k, v) in all {
+                req = req.header(k, v);
+            }
+            Ok(req.send(body)?)
+        }
+    }
+
     fn ingest(&self, body: &str) -> anyhow::Result<()> {
-        let mut resp = self
-            .agent
-            .post(&format!("{}/v1/events", self.url))
-            .send(body)?;
+        let mut resp = self.send(
+            "POST",
+            "opentrail",
+            "/v1/events",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )?;
         if resp.status() != 200 {
             bail!(
                 "ingest answered {}: {}",
@@ -297,9 +358,7 @@ impl OpenTrail {
 
     fn metric(&self, name: &str) -> anyhow::Result<u64> {
         let text = self
-            .agent
-            .get(&format!("{}/metrics", self.url))
-            .call()?
+            .send("GET", "opentrail", "/metrics", &[], b"")?
             .body_mut()
             .read_to_string()?;
         text.lines()
@@ -308,17 +367,19 @@ impl OpenTrail {
             .with_context(|| format!("no metric {name}"))
     }
 
-    /// An unsigned CloudTrail API call; fails unless it answers 200.
+    /// A CloudTrail API call; fails unless it answers 200.
     fn call(&self, operation: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        let mut resp = self
-            .agent
-            .post(&format!("{}/", self.url))
-            .header(
-                "X-Amz-Target",
-                format!("com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.{operation}"),
-            )
-            .content_type("application/x-amz-json-1.1")
-            .send(body.to_string())?;
+        let target = format!("com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.{operation}");
+        let mut resp = self.send(
+            "POST",
+            "cloudtrail",
+            "/",
+            &[
+                ("x-amz-target", target.as_str()),
+                ("content-type", "application/x-amz-json-1.1"),
+            ],
+            body.to_string().as_bytes(),
+        )?;
         let text = resp.body_mut().read_to_string()?;
         if resp.status() != 200 {
             bail!("{operation} answered {}: {text}", resp.status());
@@ -328,12 +389,16 @@ impl OpenTrail {
 
     fn lookup(&self, key: &str, value: &str) -> anyhow::Result<usize> {
         let body = serde_json::json!({"LookupAttributes": [{"AttributeKey": key, "AttributeValue": value}], "MaxResults": 50});
-        let mut resp = self
-            .agent
-            .post(&format!("{}/", self.url))
-            .header("X-Amz-Target", TARGET)
-            .content_type("application/x-amz-json-1.1")
-            .send(body.to_string())?;
+        let mut resp = self.send(
+            "POST",
+            "cloudtrail",
+            "/",
+            &[
+                ("x-amz-target", TARGET),
+                ("content-type", "application/x-amz-json-1.1"),
+            ],
+            body.to_string().as_bytes(),
+        )?;
         let text = resp.body_mut().read_to_string()?;
         if resp.status() != 200 {
             bail!("lookup answered {}: {text}", resp.status());

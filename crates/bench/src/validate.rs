@@ -17,8 +17,8 @@ use crate::{ACCOUNT, OpenTrail, events};
 /// and key, which must fit in 255 bytes.
 const BUCKET: &str = "bvb";
 const TRAIL: &str = "bvt";
-const S3_KEY: &str = "benchaccesskey";
-const S3_SECRET: &str = "benchsecretkey";
+const S3_KEY: &str = crate::ROOT_ID;
+const S3_SECRET: &str = crate::ROOT_SECRET;
 
 fn tool(env: &str, fallbacks: &[PathBuf]) -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os(env) {

@@ -2,7 +2,7 @@
 //! selectors, tags and logging state. Embedded SQLite (WAL, `synchronous=FULL`) used from blocking
 //! threads; every change is one transaction.
 //!
-//! Schema version 3 (`PRAGMA user_version = 3`):
+//! Schema version 4 (`PRAGMA user_version = 4`):
 //! - `trails(arn TEXT PRIMARY KEY, account TEXT, home_region TEXT, name TEXT, body TEXT)`, unique on
 //!   (account, home_region, name); `body` is the [`Trail`] as JSON with its own `"v": 1`.
 //! - `deliveries(trail_arn TEXT PRIMARY KEY, body TEXT)`: each trail's delivery cursor, pending
@@ -16,11 +16,15 @@
 //! - `signing_keys(fingerprint TEXT PRIMARY KEY, region, public_der BLOB, sealed_private BLOB,
 //!   created_ms, valid_from_ms, valid_to_ms)`: each region's digest signing keys, the private
 //!   half encrypted with the master key. Added in 3.
+//! - `iam_directory(id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER, body TEXT)`: the
+//!   principal directory (users, groups, access keys with sealed secrets, policies) as one JSON
+//!   document with its own `"format": 1`; `version` counts its changes. Added in 4.
 //!
 //! Older files are upgraded in place on open (the newer tables are added).
 
 mod delivery;
 mod digests;
+mod iam;
 
 pub use delivery::{DeliveryState, Notification, OutboxRow, Plan};
 pub use digests::{
@@ -34,7 +38,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 /// The schema version this code reads and writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 /// The version of a stored [`Trail`] body.
 pub const TRAIL_BODY_VERSION: u32 = 1;
 
@@ -55,6 +59,8 @@ pub enum CatalogError {
     QuotaExceeded { region: String, max: usize },
     #[error("catalog lock poisoned")]
     Lock,
+    #[error("the directory changed since version {expected} was read (now {found})")]
+    Conflict { expected: u64, found: u64 },
 }
 
 /// A tag: key, and a value that may be absent.
@@ -286,6 +292,18 @@ impl Catalog {
                  );
                  CREATE INDEX IF NOT EXISTS signing_keys_by_region ON signing_keys (region, created_ms);
                  PRAGMA user_version = 3;
+                 COMMIT;",
+            )?;
+        }
+        if version < 4 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS iam_directory (
+                     id INTEGER PRIMARY KEY CHECK (id = 1),
+                     version INTEGER NOT NULL,
+                     body TEXT NOT NULL
+                 );
+                 PRAGMA user_version = 4;
                  COMMIT;",
             )?;
         }

@@ -1,5 +1,7 @@
 //! The `opentrail` binary. Thin: parses flags, sets up tracing, binds, and calls the library.
 
+mod client;
+mod iam;
 mod logs;
 mod validate;
 
@@ -60,6 +62,12 @@ enum Command {
         config: Option<PathBuf>,
         #[command(flatten)]
         args: validate::ValidateArgs,
+    },
+    /// Manage users, groups, access keys and policies of a running server (IAM's commands and
+    /// flags; credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    Iam {
+        #[command(flatten)]
+        args: iam::IamArgs,
     },
     /// List or fetch a trail's delivered log files for a time range (local or S3 buckets).
     Logs {
@@ -217,6 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 fn run_other(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::ValidateLogs { .. } => Ok(()),
+        Command::Iam { args } => iam::run(args),
         Command::Buckets {
             data_dir,
             config,

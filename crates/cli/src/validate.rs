@@ -15,7 +15,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use base64::Engine as _;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -122,44 +121,13 @@ fn display(ms: i64) -> String {
 
 /// CloudTrail's API, for the calls the validator needs.
 struct Api {
-    agent: ureq::Agent,
-    url: String,
-    region: String,
+    client: crate::client::ApiClient,
 }
 
 impl Api {
     fn call(&self, op: &str, body: &Value) -> anyhow::Result<Value> {
-        let access_key =
-            std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "AKIAOPENTRAILCLI".to_owned());
-        let date = jiff::Timestamp::now().strftime("%Y%m%d").to_string();
-        // The credential scope names the region the keys and trails are looked up in.
-        let auth = format!(
-            "AWS4-HMAC-SHA256 Credential={access_key}/{date}/{}/cloudtrail/aws4_request, SignedHeaders=host, Signature=0",
-            self.region
-        );
-        let mut resp = self
-            .agent
-            .post(&self.url)
-            .header("X-Amz-Target", &format!("{TARGET_PREFIX}.{op}"))
-            .header("Content-Type", "application/x-amz-json-1.1")
-            .header("Authorization", &auth)
-            .send(serde_json::to_vec(body)?.as_slice())
-            .with_context(|| format!("calling {op} at {}", self.url))?;
-        let status = resp.status();
-        let text = resp.body_mut().read_to_string()?;
-        let v: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{op}: the answer is not JSON: {text:.200}"))?;
-        if !status.is_success() {
-            anyhow::bail!(
-                "{op} failed ({}): {}",
-                v["__type"].as_str().unwrap_or("error"),
-                v["Message"]
-                    .as_str()
-                    .or(v["message"].as_str())
-                    .unwrap_or(&text)
-            );
-        }
-        Ok(v)
+        self.client
+            .call("cloudtrail", &format!("{TARGET_PREFIX}.{op}"), body)
     }
 }
 
@@ -390,13 +358,15 @@ pub fn run(settings: &opentrail_server::Settings, args: &ValidateArgs) -> anyhow
         .filter(|r| !r.is_empty())
         .unwrap_or_else(|| "us-east-1".to_owned());
     let api = Api {
-        agent: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(60)))
-            .build()
-            .into(),
-        url: args.endpoint_url.clone(),
-        region: region.clone(),
+        client: crate::client::ApiClient::new(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(std::time::Duration::from_secs(60)))
+                .build()
+                .into(),
+            &args.endpoint_url,
+            &region,
+        )?,
     };
     let account = args.account_id.clone().unwrap_or(trail.account.clone());
     // The trail as OpenTrail describes it: bucket and prefix unless given, and what the extra

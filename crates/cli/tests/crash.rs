@@ -55,7 +55,13 @@ fn every_acknowledged_event_survives_sigkill_exactly_once() {
                     let records: Vec<_> = ids.iter().map(|id| record(id, SOURCE, &time)).collect();
                     let body = serde_json::json!({ "Records": records }).to_string();
                     sent += batch;
-                    let Ok(mut resp) = agent.post(&format!("{url}/v1/events")).send(body) else {
+                    let Ok(mut resp) = common::post(
+                        &agent,
+                        "opentrail",
+                        &format!("{url}/v1/events"),
+                        &[("content-type", "application/json")],
+                        body.as_bytes(),
+                    ) else {
                         break;
                     };
                     if resp.status() != 200 {

@@ -99,7 +99,9 @@ impl MasterKey {
         ))
     }
 
-    fn seal(&self, fingerprint: &str, plain: &[u8]) -> Result<Vec<u8>, KeyringError> {
+    /// Encrypts `plain` (AES-256-GCM, random nonce) bound to `fingerprint` as associated data:
+    /// a signing key's fingerprint, or an access key id.
+    pub fn seal(&self, fingerprint: &str, plain: &[u8]) -> Result<Vec<u8>, KeyringError> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -119,7 +121,8 @@ impl MasterKey {
         Ok(out)
     }
 
-    fn open(&self, fingerprint: &str, sealed: &[u8]) -> Result<Vec<u8>, KeyringError> {
+    /// Decrypts what [`MasterKey::seal`] sealed for the same `fingerprint`.
+    pub fn open(&self, fingerprint: &str, sealed: &[u8]) -> Result<Vec<u8>, KeyringError> {
         let bad = || KeyringError::Unseal(fingerprint.to_owned());
         let (&version, rest) = sealed.split_first().ok_or_else(bad)?;
         if version != SEALED_V1 || rest.len() < NONCE_LEN {
@@ -136,7 +139,8 @@ impl MasterKey {
     }
 }
 
-fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
+/// Writes a new file readable by its owner only (mode 0600), synced; fails if it exists.
+pub fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;

@@ -21,6 +21,6 @@ pub mod worker;
 
 pub use buckets::{BucketError, Buckets, S3Target, Target, Written};
 pub use filter::{Organization, TrailFilter, trail_selectors};
-pub use keys::{Keyring, KeyringError, MasterKey, PublicKeyInfo};
+pub use keys::{Keyring, KeyringError, MasterKey, PublicKeyInfo, write_private};
 pub use notify::{Topic, Topics};
 pub use worker::{Deliverer, DeliveryConfig, DeliveryError, DeliveryStats};

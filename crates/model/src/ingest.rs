@@ -152,6 +152,8 @@ pub struct Accepted {
     pub event_id: String,
     pub time_ms: i64,
     pub json: Vec<u8>,
+    /// The account the event belongs to (`recipientAccountId`, defaulted).
+    pub account: String,
 }
 
 /// The CloudTrail file envelope, read in one pass; other members are ignored.
@@ -462,9 +464,10 @@ fn accept_record(index: usize, raw: &str, ctx: &IngestContext) -> Result<Accepte
     record
         .event_version
         .get_or_insert_with(|| EVENT_VERSION.to_owned());
-    record
+    let account = record
         .recipient_account_id
-        .get_or_insert_with(|| ctx.default_account.clone());
+        .get_or_insert_with(|| ctx.default_account.clone())
+        .clone();
     record
         .event_category
         .get_or_insert_with(|| category.as_str().to_owned());
@@ -504,6 +507,7 @@ fn accept_record(index: usize, raw: &str, ctx: &IngestContext) -> Result<Accepte
         event_id,
         time_ms,
         json,
+        account,
     })
 }
 

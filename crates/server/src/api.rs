@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use opentrail_protocol::{
@@ -12,6 +13,7 @@ use opentrail_protocol::{
 };
 
 use crate::App;
+use crate::access::{Access, Caller};
 use crate::audit::{self, Outcome};
 use crate::http::{BodyError, json_response, read_body};
 use crate::{lookup, trails};
@@ -23,62 +25,148 @@ const MAX_API_BODY: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub(crate) struct CallContext {
     pub account: String,
+    /// The region the call addresses: its SigV4 credential scope's.
     pub region: String,
     pub source_ip: String,
     pub user_agent: Option<String>,
+    /// The key that signed the call (or, for a call that failed to authenticate, the key it
+    /// claimed).
     pub access_key_id: Option<String>,
+    /// The authenticated caller; `None` when authentication failed.
+    pub principal: Option<Arc<opentrail_auth::Principal>>,
+    /// `eventSource` of the call's self-audit record.
+    pub event_source: &'static str,
     pub request_id: String,
     pub now_ms: i64,
     /// Set by StopLogging: the trail whose logging span closes after this call's record.
     pub stopped_trail: std::sync::OnceLock<String>,
 }
 
-/// The SigV4 credential (`AKID/date/region/service/aws4_request`) of a request, from the
-/// Authorization header or a presigned query. Signatures are not verified yet (access control is
-/// its own piece of work); until then the scope only picks the region.
-fn credential(headers: &HeaderMap, query: Option<&str>) -> Option<(String, String)> {
-    let from_header = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|auth| auth.split("Credential=").nth(1))
-        .map(|rest| rest.split([',', ' ']).next().unwrap_or_default().to_owned());
-    let from_query = || {
-        query?
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("X-Amz-Credential="))
-            .map(|v| v.replace("%2F", "/"))
-    };
-    let cred = from_header.or_else(from_query)?;
-    let mut parts = cred.split('/');
-    let key = parts.next()?.to_owned();
-    let _date = parts.next()?;
-    let region = parts.next()?.to_owned();
-    Some((key, region))
-}
+impl CallContext {
+    /// A context for a call from `peer`, before authentication.
+    pub(crate) fn new(
+        app: &App,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        source: &'static str,
+    ) -> Self {
+        CallContext {
+            account: app.settings.account_id.clone(),
+            region: app.settings.region.clone(),
+            source_ip: peer.ip().to_string(),
+            user_agent: headers
+                .get(axum::http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            access_key_id: None,
+            principal: None,
+            event_source: source,
+            request_id: uuid::Uuid::new_v4().to_string(),
+            now_ms: App::now_ms(),
+            stopped_trail: std::sync::OnceLock::new(),
+        }
+    }
 
-fn context(app: &App, headers: &HeaderMap, query: Option<&str>, peer: SocketAddr) -> CallContext {
-    let cred = credential(headers, query);
-    let region = cred
-        .as_ref()
-        .map(|(_, r)| r.clone())
-        .filter(|r| opentrail_model::ingest::is_valid_region(r))
-        .unwrap_or_else(|| app.settings.region.clone());
-    CallContext {
-        account: app.settings.account_id.clone(),
-        region,
-        source_ip: peer.ip().to_string(),
-        user_agent: headers
-            .get(axum::http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        access_key_id: cred.map(|(k, _)| k).filter(|k| !k.is_empty()),
-        request_id: uuid::Uuid::new_v4().to_string(),
-        now_ms: App::now_ms(),
-        stopped_trail: std::sync::OnceLock::new(),
+    /// Authenticates the call for `services`: on success the caller and the credential
+    /// scope's region are taken into the context; on failure the claimed key is kept for the
+    /// record.
+    pub(crate) fn authenticate(
+        &mut self,
+        app: &App,
+        parts: &Parts,
+        body: &[u8],
+        services: &[&str],
+    ) -> Result<Caller, ApiError> {
+        match app.access.authenticate(parts, body, services, self.now_ms) {
+            Ok((caller, region)) => {
+                if let Some(r) = region.filter(|r| opentrail_model::ingest::is_valid_region(r)) {
+                    self.region = r;
+                }
+                self.principal = Some(Arc::clone(&caller.principal));
+                self.access_key_id = caller.access_key_id.clone();
+                Ok(caller)
+            }
+            Err(e) => {
+                self.access_key_id = Access::claimed_key(parts);
+                Err(e)
+            }
+        }
     }
 }
 
-fn reply(ctx: &CallContext, status: StatusCode, body: Vec<u8>) -> Response {
+/// The trail ARN a call names by `member` (a name or an ARN), for authorization.
+fn trail_resource(ctx: &CallContext, body: &serde_json::Value, member: &str) -> String {
+    match body.get(member).and_then(serde_json::Value::as_str) {
+        Some(arn) if arn.starts_with("arn:") => arn.to_owned(),
+        Some(name) => format!(
+            "arn:aws:cloudtrail:{}:{}:trail/{name}",
+            ctx.region, ctx.account
+        ),
+        None => "*".to_owned(),
+    }
+}
+
+/// The resources an operation is authorized on: the trail it names, or `*`.
+fn resources(ctx: &CallContext, op: Operation, body: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    match op {
+        Operation::CreateTrail
+        | Operation::UpdateTrail
+        | Operation::DeleteTrail
+        | Operation::GetTrail
+        | Operation::GetTrailStatus
+        | Operation::StartLogging
+        | Operation::StopLogging => vec![trail_resource(ctx, &v, "Name")],
+        Operation::PutEventSelectors
+        | Operation::GetEventSelectors
+        | Operation::PutInsightSelectors
+        | Operation::GetInsightSelectors => vec![trail_resource(ctx, &v, "TrailName")],
+        Operation::AddTags | Operation::RemoveTags => {
+            vec![trail_resource(ctx, &v, "ResourceId")]
+        }
+        Operation::ListTags => {
+            let ids: Vec<String> = v
+                .get("ResourceIdList")
+                .and_then(serde_json::Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(serde_json::Value::as_str)
+                        .map(|id| trail_resource(ctx, &serde_json::json!({ "Id": id }), "Id"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if ids.is_empty() {
+                vec!["*".to_owned()]
+            } else {
+                ids
+            }
+        }
+        _ => vec!["*".to_owned()],
+    }
+}
+
+fn authorize(
+    app: &App,
+    ctx: &CallContext,
+    caller: &Caller,
+    op: Operation,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let action = format!("cloudtrail:{}", op.name());
+    for resource in resources(ctx, op, body) {
+        app.access.authorize(
+            caller,
+            &action,
+            &resource,
+            &ctx.source_ip,
+            &ctx.region,
+            ctx.now_ms,
+        )?;
+    }
+    Ok(())
+}
+
+pub(crate) fn reply(ctx: &CallContext, status: StatusCode, body: Vec<u8>) -> Response {
     let mut resp = json_response(status, CONTENT_TYPE, body);
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
         resp.headers_mut().insert("x-amzn-RequestId", v);
@@ -86,7 +174,7 @@ fn reply(ctx: &CallContext, status: StatusCode, body: Vec<u8>) -> Response {
     resp
 }
 
-fn error_reply(ctx: &CallContext, e: &ApiError) -> Response {
+pub(crate) fn error_reply(ctx: &CallContext, e: &ApiError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
     reply(ctx, status, e.body())
 }
@@ -171,33 +259,47 @@ pub(crate) async fn handle(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let ctx = context(&app, &parts.headers, parts.uri.query(), peer);
     let target = parts
         .headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    if let Some(action) = target
+        .as_deref()
+        .and_then(|t| t.strip_prefix(crate::iam_api::TARGET_PREFIX))
+    {
+        return crate::iam_api::handle(app, peer, parts, body, action.to_owned()).await;
+    }
+    let mut ctx = CallContext::new(&app, &parts.headers, peer, "cloudtrail.amazonaws.com");
     let op = parse_target(target.as_deref());
-    let (body, result) = match (read_body(body, MAX_API_BODY).await, &op) {
-        (Err(BodyError::TooLarge), _) => (
+    let (body, result) = match read_body(body, MAX_API_BODY).await {
+        Err(BodyError::TooLarge) => (
             Vec::new(),
             Err(ApiError::new(
                 Exception::SerializationException,
                 format!("request body is larger than {MAX_API_BODY} bytes"),
             )),
         ),
-        (Err(BodyError::Broken(m)), _) => (
+        Err(BodyError::Broken(m)) => (
             Vec::new(),
             Err(ApiError::new(
                 Exception::SerializationException,
                 format!("request body could not be read: {m}"),
             )),
         ),
-        (Ok(_), Err(e)) => (Vec::new(), Err(e.clone())),
-        (Ok(b), Ok(op)) => {
-            let r = dispatch(&app, &ctx, *op, &b).await;
-            (b, r)
-        }
+        Ok(b) => match ctx.authenticate(&app, &parts, &b, &["cloudtrail"]) {
+            Err(e) => (b, Err(e)),
+            Ok(caller) => match &op {
+                Err(e) => (b, Err(e.clone())),
+                Ok(op) => match authorize(&app, &ctx, &caller, *op, &b) {
+                    Err(e) => (b, Err(e)),
+                    Ok(()) => {
+                        let r = dispatch(&app, &ctx, *op, &b).await;
+                        (b, r)
+                    }
+                },
+            },
+        },
     };
     let event_name = match (&op, &target) {
         (Ok(op), _) => op.name().to_owned(),

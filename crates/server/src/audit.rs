@@ -1,10 +1,11 @@
 //! Self-audit: every CloudTrail API call made to OpenTrail becomes a CloudTrail record
 //! (eventSource `cloudtrail.amazonaws.com`), durable before the call is answered.
 
+use opentrail_auth::PrincipalKind;
 use opentrail_log::NewRecord;
 use opentrail_model::record::{Record, UserIdentity};
 use opentrail_model::time::format_event_time;
-use opentrail_protocol::ApiError;
+use opentrail_protocol::{ApiError, Exception};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -31,16 +32,20 @@ pub(crate) enum AuditError {
 }
 
 /// `LookupAttributes` → `lookupAttributes`, recursively, as CloudTrail writes request parameters.
+/// Secret access keys never reach a record.
 fn lower_camel(v: Value) -> Value {
     match v {
         Value::Object(m) => {
             let mut out = Map::with_capacity(m.len());
             for (k, v) in m {
                 let mut chars = k.chars();
-                let key = match chars.next() {
+                let key: String = match chars.next() {
                     Some(c) => c.to_lowercase().chain(chars).collect(),
                     None => k,
                 };
+                if key == "secretAccessKey" {
+                    continue;
+                }
                 out.insert(key, lower_camel(v));
             }
             Value::Object(out)
@@ -83,19 +88,38 @@ pub(crate) fn build(
     request: &[u8],
     outcome: &Outcome<'_>,
 ) -> Result<Record, serde_json::Error> {
-    let identity = UserIdentity {
-        identity_type: Some("Root".to_owned()),
-        principal_id: Some(ctx.account.clone()),
-        arn: Some(format!("arn:aws:iam::{}:root", ctx.account)),
-        account_id: Some(ctx.account.clone()),
-        access_key_id: ctx.access_key_id.clone(),
-        ..UserIdentity::default()
+    let identity = match &ctx.principal {
+        Some(p) => UserIdentity {
+            identity_type: Some(
+                match p.kind {
+                    PrincipalKind::Root => "Root",
+                    PrincipalKind::User => "IAMUser",
+                }
+                .to_owned(),
+            ),
+            principal_id: Some(p.principal_id.clone()),
+            arn: Some(p.arn.clone()),
+            account_id: Some(p.account_id.clone()),
+            access_key_id: ctx.access_key_id.clone(),
+            user_name: p.user_name.clone(),
+            ..UserIdentity::default()
+        },
+        // Not authenticated: only the key it claimed to sign with is known.
+        None => UserIdentity {
+            identity_type: Some("Unknown".to_owned()),
+            access_key_id: ctx.access_key_id.clone(),
+            ..UserIdentity::default()
+        },
     };
     let (error_code, error_message, response) = match outcome {
         Outcome::Success { response } if !read_only => (None, None, elements(response)?),
         Outcome::Success { .. } => (None, None, RawValue::from_string("null".to_owned())?),
         Outcome::Failure { error } => (
-            Some(error.exception.name().to_owned()),
+            // CloudTrail records a refused call as AccessDenied.
+            Some(match error.exception {
+                Exception::AccessDeniedException => "AccessDenied".to_owned(),
+                other => other.name().to_owned(),
+            }),
             Some(truncate(&error.message)),
             RawValue::from_string("null".to_owned())?,
         ),
@@ -104,7 +128,7 @@ pub(crate) fn build(
         event_version: Some(opentrail_model::EVENT_VERSION.to_owned()),
         user_identity: Some(identity),
         event_time: Some(format_event_time(ctx.now_ms)),
-        event_source: Some("cloudtrail.amazonaws.com".to_owned()),
+        event_source: Some(ctx.event_source.to_owned()),
         event_name: Some(event_name.to_owned()),
         aws_region: Some(ctx.region.clone()),
         source_ip_address: Some(ctx.source_ip.clone()),
@@ -153,7 +177,6 @@ pub(crate) async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentrail_protocol::Exception;
 
     fn ctx() -> CallContext {
         CallContext {
@@ -162,6 +185,10 @@ mod tests {
             source_ip: "127.0.0.1".into(),
             user_agent: Some("aws-cli/1.40".into()),
             access_key_id: Some("AKIAEXAMPLE".into()),
+            principal: Some(std::sync::Arc::new(opentrail_auth::Principal::root(
+                "111122223333",
+            ))),
+            event_source: "cloudtrail.amazonaws.com",
             request_id: "req-1".into(),
             now_ms: 1_767_323_045_123,
             stopped_trail: std::sync::OnceLock::new(),

@@ -17,10 +17,11 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Address to listen on. Default `127.0.0.1:7433`.
     pub listen: String,
-    /// The default account (12 digits): events without `recipientAccountId` belong to it, and
-    /// unsigned calls act as its root. Default `123456789012`.
+    /// The account (12 digits) this server's principals belong to; events without
+    /// `recipientAccountId` belong to it too. Default `123456789012`.
     pub account_id: String,
-    /// The default region, used when a call carries no SigV4 credential scope. Default `us-east-1`.
+    /// The home region of the server (calls address the region of their SigV4 credential
+    /// scope). Default `us-east-1`.
     pub region: String,
     /// How long events stay in event history. Default 90 days.
     pub history_retention: Duration,
@@ -75,6 +76,14 @@ pub struct Settings {
     /// A file holding the master key (64 hex digits). Default `<data_dir>/master.key`, created
     /// at first start when absent.
     pub master_key_file: Option<PathBuf>,
+    /// The root user's access key (environment only: `OPENTRAIL_ROOT_ACCESS_KEY_ID` and
+    /// `OPENTRAIL_ROOT_SECRET_ACCESS_KEY`). When unset, a root key is generated at first start
+    /// and written to `<data_dir>/root-credentials.json` (mode 0600).
+    pub root_access_key_id: Option<String>,
+    pub root_secret_access_key: Option<String>,
+    /// Serve without authentication: every call acts as the account's root. For benchmarks and
+    /// local experiments only; refused unless listening on a loopback address. Default false.
+    pub insecure_no_auth: bool,
 }
 
 /// Where one bucket lives, when it is not where the global settings put buckets.
@@ -122,6 +131,9 @@ impl Default for Settings {
             signing_key_rotation: Duration::from_secs(30 * 86_400),
             master_key: None,
             master_key_file: None,
+            root_access_key_id: None,
+            root_secret_access_key: None,
+            insecure_no_auth: false,
         }
     }
 }
@@ -171,6 +183,7 @@ struct FileSettings {
     digest_interval: Option<String>,
     signing_key_rotation: Option<String>,
     master_key_file: Option<PathBuf>,
+    insecure_no_auth: Option<bool>,
 }
 
 fn invalid(name: &str, message: impl Into<String>) -> ConfigError {
@@ -252,6 +265,9 @@ impl Settings {
                 s.signing_key_rotation = duration("signing_key_rotation", &v)?;
             }
             s.master_key_file = f.master_key_file.or(s.master_key_file);
+            if let Some(v) = f.insecure_no_auth {
+                s.insecure_no_auth = v;
+            }
         }
         let get = |name: &str| {
             env.get(&format!("OPENTRAIL_{}", name.to_ascii_uppercase()))
@@ -357,6 +373,17 @@ impl Settings {
         }
         if let Some(v) = get("master_key_file") {
             s.master_key_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("root_access_key_id") {
+            s.root_access_key_id = Some(v.clone());
+        }
+        if let Some(v) = get("root_secret_access_key") {
+            s.root_secret_access_key = Some(v.clone());
+        }
+        if let Some(v) = get("insecure_no_auth") {
+            s.insecure_no_auth = v
+                .parse()
+                .map_err(|_| invalid("OPENTRAIL_INSECURE_NO_AUTH", "must be true or false"))?;
         }
         Ok(s)
     }
@@ -540,6 +567,46 @@ impl Settings {
                 "OPENTRAIL_MASTER_KEY",
                 "must be 64 hex digits (256 bits)",
             ));
+        }
+        match (&self.root_access_key_id, &self.root_secret_access_key) {
+            (None, None) => {}
+            (Some(id), Some(secret)) => {
+                if !(16..=128).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_alphanumeric())
+                {
+                    return Err(invalid(
+                        "OPENTRAIL_ROOT_ACCESS_KEY_ID",
+                        "must be 16 to 128 letters and digits (like AKIAIOSFODNN7EXAMPLE)",
+                    ));
+                }
+                if !(20..=128).contains(&secret.len())
+                    || !secret.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(invalid(
+                        "OPENTRAIL_ROOT_SECRET_ACCESS_KEY",
+                        "must be 20 to 128 printable characters without spaces",
+                    ));
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "OPENTRAIL_ROOT_ACCESS_KEY_ID",
+                    "set both OPENTRAIL_ROOT_ACCESS_KEY_ID and OPENTRAIL_ROOT_SECRET_ACCESS_KEY, or neither",
+                ));
+            }
+        }
+        if self.insecure_no_auth {
+            let loopback = self
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.ip().is_loopback())
+                .unwrap_or(false)
+                || self.listen.starts_with("localhost:");
+            if !loopback {
+                return Err(invalid(
+                    "insecure_no_auth",
+                    format!("is allowed only on a loopback address, not {}", self.listen),
+                ));
+            }
         }
         let is_url = |u: &str| u.starts_with("http://") || u.starts_with("https://");
         let endpoints = std::iter::once(self.s3_endpoint.as_ref())

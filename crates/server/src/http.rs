@@ -4,12 +4,16 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
 use crate::App;
+use crate::api::{CallContext, error_reply};
+use crate::audit::{self, Outcome};
 
 /// Why a body could not be read.
 pub(crate) enum BodyError {
@@ -60,7 +64,42 @@ pub(crate) async fn health(State(app): State<Arc<App>>) -> Response {
     )
 }
 
-pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
+/// `GET /metrics`: Prometheus text, for callers allowed `opentrail:GetMetrics`. Refused calls
+/// are recorded; allowed scrapes are not (one every few seconds would drown event history).
+pub(crate) async fn metrics(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let (parts, _body) = request.into_parts();
+    let mut ctx = CallContext::new(&app, &parts.headers, peer, "opentrail.amazonaws.com");
+    let allowed = ctx
+        .authenticate(&app, &parts, b"", &["opentrail"])
+        .and_then(|caller| {
+            app.access.authorize(
+                &caller,
+                "opentrail:GetMetrics",
+                "*",
+                &ctx.source_ip,
+                &ctx.region,
+                ctx.now_ms,
+            )
+        });
+    if let Err(e) = allowed {
+        if let Err(err) = audit::record(
+            &app,
+            &ctx,
+            "GetMetrics",
+            true,
+            b"",
+            Outcome::Failure { error: &e },
+        )
+        .await
+        {
+            tracing::error!(error = %err, "self-audit record of a refused metrics call could not be stored");
+        }
+        return error_reply(&ctx, &e);
+    }
     let end = app.log.durable_end();
     let (syncs, appends) = app.log.stats();
     let cursor = app.index.cursor().unwrap_or(0);

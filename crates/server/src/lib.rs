@@ -7,10 +7,12 @@
 //! [`run`] serves on a listener the caller bound (tests use port 0) until `shutdown` resolves,
 //! then lets in-flight calls finish, stops the workers, persists the index and closes the log.
 
+mod access;
 mod api;
 mod audit;
 pub mod config;
 mod http;
+mod iam_api;
 mod ingest;
 mod lookup;
 mod trails;
@@ -48,6 +50,8 @@ pub enum ServerError {
     Join(#[from] tokio::task::JoinError),
     #[error("delivery: {0}")]
     Delivery(String),
+    #[error("access control: {0}")]
+    Access(String),
 }
 
 /// Shared state of the running server.
@@ -57,6 +61,7 @@ pub(crate) struct App {
     pub index: HistoryIndex,
     pub catalog: Arc<Catalog>,
     pub delivery: Arc<Deliverer>,
+    pub access: access::Access,
 }
 
 impl App {
@@ -102,6 +107,10 @@ pub async fn run(
             .await?
             .map_err(|e| ServerError::Delivery(e.to_string()))?
     };
+    let access = {
+        let (cat, s, m) = (Arc::clone(&catalog), settings.clone(), master.clone());
+        tokio::task::spawn_blocking(move || access::Access::open(&cat, &s, m)).await??
+    };
     let keyring = Arc::new(Keyring::new(
         Arc::clone(&catalog),
         master,
@@ -140,6 +149,7 @@ pub async fn run(
         index: index.clone(),
         catalog,
         delivery: Arc::clone(&delivery),
+        access,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -16,35 +16,80 @@ fn pol(v: serde_json::Value) -> Policy {
 
 #[test]
 fn explicit_deny_beats_allow_and_nothing_is_allowed_by_default() {
-    let allow_all = pol(json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"cloudtrail:*","Resource":"*"}]}));
-    let deny_stop = pol(json!({"Version":"2012-10-17","Statement":{"Effect":"Deny","Action":"cloudtrail:StopLogging","Resource":TRAIL_A}}));
+    let allow_all = pol(
+        json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"cloudtrail:*","Resource":"*"}]}),
+    );
+    let deny_stop = pol(
+        json!({"Version":"2012-10-17","Statement":{"Effect":"Deny","Action":"cloudtrail:StopLogging","Resource":TRAIL_A}}),
+    );
     let stop_a = Context::new("cloudtrail:StopLogging", TRAIL_A);
     let stop_b = Context::new("cloudtrail:StopLogging", TRAIL_B);
-    assert_eq!(evaluate([&allow_all, &deny_stop], &stop_a), Decision::ExplicitDeny);
+    assert_eq!(
+        evaluate([&allow_all, &deny_stop], &stop_a),
+        Decision::ExplicitDeny
+    );
     assert_eq!(evaluate([&allow_all, &deny_stop], &stop_b), Decision::Allow);
     assert_eq!(evaluate([&deny_stop], &stop_b), Decision::ImplicitDeny);
     assert_eq!(evaluate([], &stop_b), Decision::ImplicitDeny);
     // Actions compare case-insensitively, resources do not.
-    let lower = pol(json!({"Statement":{"Effect":"Allow","Action":"CloudTrail:stoplogging","Resource":TRAIL_A}}));
+    let lower = pol(
+        json!({"Statement":{"Effect":"Allow","Action":"CloudTrail:stoplogging","Resource":TRAIL_A}}),
+    );
     assert_eq!(evaluate([&lower], &stop_a), Decision::Allow);
-    let upper = pol(json!({"Statement":{"Effect":"Allow","Action":"cloudtrail:StopLogging","Resource":"arn:aws:cloudtrail:us-east-1:111122223333:trail/A"}}));
+    let upper = pol(
+        json!({"Statement":{"Effect":"Allow","Action":"cloudtrail:StopLogging","Resource":"arn:aws:cloudtrail:us-east-1:111122223333:trail/A"}}),
+    );
     assert_eq!(evaluate([&upper], &stop_a), Decision::ImplicitDeny);
 }
 
 #[test]
 fn wildcards_not_action_and_not_resource() {
-    assert!(wildcard_match("cloudtrail:Get*", "cloudtrail:GetTrailStatus", true));
-    assert!(wildcard_match("cloudtrail:?etTrail", "cloudtrail:GetTrail", true));
-    assert!(!wildcard_match("cloudtrail:?etTrail", "cloudtrail:etTrail", true));
+    assert!(wildcard_match(
+        "cloudtrail:Get*",
+        "cloudtrail:GetTrailStatus",
+        true
+    ));
+    assert!(wildcard_match(
+        "cloudtrail:?etTrail",
+        "cloudtrail:GetTrail",
+        true
+    ));
+    assert!(!wildcard_match(
+        "cloudtrail:?etTrail",
+        "cloudtrail:etTrail",
+        true
+    ));
     assert!(wildcard_match("*", "", false));
     assert!(wildcard_match("a*b*c", "aXXbYYc", false));
     assert!(!wildcard_match("a*b*c", "aXXbYY", false));
-    let read_only = pol(json!({"Statement":{"Effect":"Allow","NotAction":["cloudtrail:Stop*","cloudtrail:Delete*"],"Resource":"*"}}));
-    assert_eq!(evaluate([&read_only], &Context::new("cloudtrail:StartLogging", TRAIL_A)), Decision::Allow);
-    assert_eq!(evaluate([&read_only], &Context::new("cloudtrail:StopLogging", TRAIL_A)), Decision::ImplicitDeny);
-    let not_b = pol(json!({"Statement":{"Effect":"Deny","Action":"*","NotResource":"arn:aws:cloudtrail:*:*:trail/b"}}));
-    assert_eq!(evaluate([&not_b], &Context::new("cloudtrail:GetTrail", TRAIL_A)), Decision::ExplicitDeny);
-    assert_eq!(evaluate([&not_b], &Context::new("cloudtrail:GetTrail", TRAIL_B)), Decision::ImplicitDeny);
+    let read_only = pol(
+        json!({"Statement":{"Effect":"Allow","NotAction":["cloudtrail:Stop*","cloudtrail:Delete*"],"Resource":"*"}}),
+    );
+    assert_eq!(
+        evaluate(
+            [&read_only],
+            &Context::new("cloudtrail:StartLogging", TRAIL_A)
+        ),
+        Decision::Allow
+    );
+    assert_eq!(
+        evaluate(
+            [&read_only],
+            &Context::new("cloudtrail:StopLogging", TRAIL_A)
+        ),
+        Decision::ImplicitDeny
+    );
+    let not_b = pol(
+        json!({"Statement":{"Effect":"Deny","Action":"*","NotResource":"arn:aws:cloudtrail:*:*:trail/b"}}),
+    );
+    assert_eq!(
+        evaluate([&not_b], &Context::new("cloudtrail:GetTrail", TRAIL_A)),
+        Decision::ExplicitDeny
+    );
+    assert_eq!(
+        evaluate([&not_b], &Context::new("cloudtrail:GetTrail", TRAIL_B)),
+        Decision::ImplicitDeny
+    );
 }
 
 #[test]
@@ -56,74 +101,183 @@ fn condition_operators() {
         .with("aws:username", "alice")
         .with("aws:PrincipalArn", "arn:aws:iam::111122223333:user/alice");
     let check = |cond: serde_json::Value| {
-        let p = pol(json!({"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":cond}}));
+        let p = pol(
+            json!({"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":cond}}),
+        );
         evaluate([&p], &ctx) == Decision::Allow
     };
-    assert!(check(json!({"IpAddress":{"aws:SourceIp":["192.0.2.0/24","10.0.0.0/8"]}})));
+    assert!(check(
+        json!({"IpAddress":{"aws:SourceIp":["192.0.2.0/24","10.0.0.0/8"]}})
+    ));
     assert!(!check(json!({"IpAddress":{"aws:SourceIp":"192.0.2.0/24"}})));
-    assert!(check(json!({"NotIpAddress":{"aws:SourceIp":"192.0.2.0/24"}})));
-    assert!(check(json!({"IpAddress":{"aws:sourceip":"10.1.2.3"}})), "keys are case-insensitive");
-    assert!(check(json!({"DateGreaterThan":{"aws:CurrentTime":"2026-11-21T09:59:59Z"}})));
-    assert!(!check(json!({"DateGreaterThan":{"aws:CurrentTime":"2026-11-21T10:00:00Z"}})));
-    assert!(check(json!({"DateGreaterThanEquals":{"aws:CurrentTime":"2026-11-21T10:00:00Z"}})));
-    assert!(check(json!({"DateLessThan":{"aws:CurrentTime":"2026-11-22"}})));
-    assert!(check(json!({"DateLessThanEquals":{"aws:CurrentTime":"1795255200"}})), "epoch seconds");
-    assert!(check(json!({"DateEquals":{"aws:CurrentTime":"2026-11-21T10:00:00Z"}})));
-    assert!(check(json!({"DateNotEquals":{"aws:CurrentTime":"2026-11-21T10:00:01Z"}})));
+    assert!(check(
+        json!({"NotIpAddress":{"aws:SourceIp":"192.0.2.0/24"}})
+    ));
+    assert!(
+        check(json!({"IpAddress":{"aws:sourceip":"10.1.2.3"}})),
+        "keys are case-insensitive"
+    );
+    assert!(check(
+        json!({"DateGreaterThan":{"aws:CurrentTime":"2026-11-21T09:59:59Z"}})
+    ));
+    assert!(!check(
+        json!({"DateGreaterThan":{"aws:CurrentTime":"2026-11-21T10:00:00Z"}})
+    ));
+    assert!(check(
+        json!({"DateGreaterThanEquals":{"aws:CurrentTime":"2026-11-21T10:00:00Z"}})
+    ));
+    assert!(check(
+        json!({"DateLessThan":{"aws:CurrentTime":"2026-11-22"}})
+    ));
+    assert!(
+        check(json!({"DateLessThanEquals":{"aws:CurrentTime":"1795255200"}})),
+        "epoch seconds"
+    );
+    assert!(check(
+        json!({"DateEquals":{"aws:CurrentTime":"2026-11-21T10:00:00Z"}})
+    ));
+    assert!(check(
+        json!({"DateNotEquals":{"aws:CurrentTime":"2026-11-21T10:00:01Z"}})
+    ));
     assert!(check(json!({"Bool":{"aws:SecureTransport":"false"}})));
-    assert!(check(json!({"Bool":{"aws:SecureTransport":false}})), "JSON booleans are accepted");
+    assert!(
+        check(json!({"Bool":{"aws:SecureTransport":false}})),
+        "JSON booleans are accepted"
+    );
     assert!(!check(json!({"Bool":{"aws:SecureTransport":"true"}})));
     assert!(check(json!({"StringEquals":{"aws:username":"alice"}})));
     assert!(!check(json!({"StringEquals":{"aws:username":"Alice"}})));
-    assert!(check(json!({"StringEqualsIgnoreCase":{"aws:username":"ALICE"}})));
-    assert!(check(json!({"StringNotEquals":{"aws:username":["bob","carol"]}})));
-    assert!(!check(json!({"StringNotEqualsIgnoreCase":{"aws:username":"ALICE"}})));
-    assert!(check(json!({"StringLike":{"aws:PrincipalArn":"arn:aws:iam::*:user/a*"}})));
-    assert!(check(json!({"StringNotLike":{"aws:PrincipalArn":"*:root"}})));
+    assert!(check(
+        json!({"StringEqualsIgnoreCase":{"aws:username":"ALICE"}})
+    ));
+    assert!(check(
+        json!({"StringNotEquals":{"aws:username":["bob","carol"]}})
+    ));
+    assert!(!check(
+        json!({"StringNotEqualsIgnoreCase":{"aws:username":"ALICE"}})
+    ));
+    assert!(check(
+        json!({"StringLike":{"aws:PrincipalArn":"arn:aws:iam::*:user/a*"}})
+    ));
+    assert!(check(
+        json!({"StringNotLike":{"aws:PrincipalArn":"*:root"}})
+    ));
     // Several keys and operators: all must hold.
-    assert!(!check(json!({"StringEquals":{"aws:username":"alice"},"Bool":{"aws:SecureTransport":"true"}})));
+    assert!(!check(
+        json!({"StringEquals":{"aws:username":"alice"},"Bool":{"aws:SecureTransport":"true"}})
+    ));
     // Absent keys: positive operators fail, negated ones hold, IfExists holds, Null tells.
-    assert!(!check(json!({"StringEquals":{"aws:RequestedRegion":"us-east-1"}})));
-    assert!(check(json!({"StringNotEquals":{"aws:RequestedRegion":"us-east-1"}})));
-    assert!(check(json!({"StringEqualsIfExists":{"aws:RequestedRegion":"us-east-1"}})));
-    assert!(!check(json!({"StringEqualsIfExists":{"aws:username":"bob"}})));
-    assert!(check(json!({"Null":{"aws:RequestedRegion":"true","aws:username":"false"}})));
+    assert!(!check(
+        json!({"StringEquals":{"aws:RequestedRegion":"us-east-1"}})
+    ));
+    assert!(check(
+        json!({"StringNotEquals":{"aws:RequestedRegion":"us-east-1"}})
+    ));
+    assert!(check(
+        json!({"StringEqualsIfExists":{"aws:RequestedRegion":"us-east-1"}})
+    ));
+    assert!(!check(
+        json!({"StringEqualsIfExists":{"aws:username":"bob"}})
+    ));
+    assert!(check(
+        json!({"Null":{"aws:RequestedRegion":"true","aws:username":"false"}})
+    ));
     assert!(!check(json!({"Null":{"aws:username":"true"}})));
     // Policy variables (2012-10-17 only).
-    assert!(check(json!({"StringEquals":{"aws:PrincipalArn":"arn:aws:iam::111122223333:user/${aws:username}"}})));
-    let own = pol(json!({"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"arn:aws:cloudtrail:*:*:trail/${aws:username}-*"}}));
-    let mine = Context::new("cloudtrail:GetTrail", "arn:aws:cloudtrail:us-east-1:1:trail/alice-x").with("aws:username", "alice");
-    let theirs = Context::new("cloudtrail:GetTrail", "arn:aws:cloudtrail:us-east-1:1:trail/bob-x").with("aws:username", "alice");
+    assert!(check(
+        json!({"StringEquals":{"aws:PrincipalArn":"arn:aws:iam::111122223333:user/${aws:username}"}})
+    ));
+    let own = pol(
+        json!({"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"arn:aws:cloudtrail:*:*:trail/${aws:username}-*"}}),
+    );
+    let mine = Context::new(
+        "cloudtrail:GetTrail",
+        "arn:aws:cloudtrail:us-east-1:1:trail/alice-x",
+    )
+    .with("aws:username", "alice");
+    let theirs = Context::new(
+        "cloudtrail:GetTrail",
+        "arn:aws:cloudtrail:us-east-1:1:trail/bob-x",
+    )
+    .with("aws:username", "alice");
     assert_eq!(evaluate([&own], &mine), Decision::Allow);
     assert_eq!(evaluate([&own], &theirs), Decision::ImplicitDeny);
-    let old = pol(json!({"Version":"2008-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"arn:aws:cloudtrail:*:*:trail/${aws:username}-*"}}));
-    assert_eq!(evaluate([&old], &mine), Decision::ImplicitDeny, "no variables before 2012-10-17");
+    let old = pol(
+        json!({"Version":"2008-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"arn:aws:cloudtrail:*:*:trail/${aws:username}-*"}}),
+    );
+    assert_eq!(
+        evaluate([&old], &mine),
+        Decision::ImplicitDeny,
+        "no variables before 2012-10-17"
+    );
 }
 
 #[test]
 fn malformed_documents_are_refused_with_a_reason() {
     let bad = |v: serde_json::Value, needle: &str| {
         let e = Policy::parse(&v.to_string(), 10_000).expect_err("refused");
-        assert!(e.0.contains(needle), "{:?} does not mention {needle:?}", e.0);
+        assert!(
+            e.0.contains(needle),
+            "{:?} does not mention {needle:?}",
+            e.0
+        );
     };
     bad(json!({"Version":"2012-10-17"}), "Statement");
-    bad(json!({"Version":"2020-01-01","Statement":{"Effect":"Allow","Action":"*","Resource":"*"}}), "version");
+    bad(
+        json!({"Version":"2020-01-01","Statement":{"Effect":"Allow","Action":"*","Resource":"*"}}),
+        "version",
+    );
     bad(json!({"Statement":{"Action":"*","Resource":"*"}}), "Effect");
-    bad(json!({"Statement":{"Effect":"allow","Action":"*","Resource":"*"}}), "Effect");
-    bad(json!({"Statement":{"Effect":"Allow","Resource":"*"}}), "Action");
-    bad(json!({"Statement":{"Effect":"Allow","Action":"*","NotAction":"x:y","Resource":"*"}}), "both Action");
-    bad(json!({"Statement":{"Effect":"Allow","Action":"*"}}), "Resource");
-    bad(json!({"Statement":{"Effect":"Allow","Action":"StopLogging","Resource":"*"}}), "service:Action");
-    bad(json!({"Statement":{"Effect":"Allow","Action":"*","Resource":"trail/a"}}), "ARN");
-    bad(json!({"Statement":{"Effect":"Allow","Principal":"*","Action":"*","Resource":"*"}}), "principal");
-    bad(json!({"Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":{"NumericEquals":{"a":"1"}}}}), "NumericEquals");
-    bad(json!({"Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":{"IpAddress":{"aws:SourceIp":"300.1.1.1"}}}}), "300.1.1.1");
-    bad(json!({"Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":{"DateLessThan":{"aws:CurrentTime":"soon"}}}}), "soon");
+    bad(
+        json!({"Statement":{"Effect":"allow","Action":"*","Resource":"*"}}),
+        "Effect",
+    );
+    bad(
+        json!({"Statement":{"Effect":"Allow","Resource":"*"}}),
+        "Action",
+    );
+    bad(
+        json!({"Statement":{"Effect":"Allow","Action":"*","NotAction":"x:y","Resource":"*"}}),
+        "both Action",
+    );
+    bad(
+        json!({"Statement":{"Effect":"Allow","Action":"*"}}),
+        "Resource",
+    );
+    bad(
+        json!({"Statement":{"Effect":"Allow","Action":"StopLogging","Resource":"*"}}),
+        "service:Action",
+    );
+    bad(
+        json!({"Statement":{"Effect":"Allow","Action":"*","Resource":"trail/a"}}),
+        "ARN",
+    );
+    bad(
+        json!({"Statement":{"Effect":"Allow","Principal":"*","Action":"*","Resource":"*"}}),
+        "principal",
+    );
+    bad(
+        json!({"Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":{"NumericEquals":{"a":"1"}}}}),
+        "NumericEquals",
+    );
+    bad(
+        json!({"Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":{"IpAddress":{"aws:SourceIp":"300.1.1.1"}}}}),
+        "300.1.1.1",
+    );
+    bad(
+        json!({"Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":{"DateLessThan":{"aws:CurrentTime":"soon"}}}}),
+        "soon",
+    );
     bad(json!({"Statement":[]}), "non-empty");
     let long = json!({"Statement":{"Effect":"Allow","Action":"*","Resource":format!("arn:{}", "x".repeat(3000))}});
     let e = Policy::parse(&long.to_string(), 2048).expect_err("too long");
     assert!(e.0.contains("limit is 2048"), "{}", e.0);
-    assert!(Policy::parse("{not json", 100).expect_err("syntax").0.contains("Syntax"));
+    assert!(
+        Policy::parse("{not json", 100)
+            .expect_err("syntax")
+            .0
+            .contains("Syntax")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -173,7 +327,8 @@ fn ref_cond(c: &RefCond, keys: &[(&'static str, &'static str)]) -> bool {
         let net: ipnet::IpNet = p
             .parse()
             .unwrap_or_else(|_| ipnet::IpNet::from(p.parse::<std::net::IpAddr>().expect("ip")));
-        v.parse::<std::net::IpAddr>().is_ok_and(|ip| net.trunc().contains(&ip))
+        v.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| net.trunc().contains(&ip))
     };
     match c.op {
         "StringEquals" => c.values.contains(&v),
@@ -246,19 +401,48 @@ const RESOURCE_PATTERNS: [&str; 6] = [
 fn cond_strategy() -> impl Strategy<Value = RefCond> {
     prop_oneof![
         (
-            prop::sample::select(vec!["StringEquals", "StringNotEquals", "StringLike", "StringNotLike"]),
+            prop::sample::select(vec![
+                "StringEquals",
+                "StringNotEquals",
+                "StringLike",
+                "StringNotLike"
+            ]),
             any::<bool>(),
-            prop::collection::vec(prop::sample::select(vec!["alice", "bob", "a*", "?ob", "*"]), 1..3),
+            prop::collection::vec(
+                prop::sample::select(vec!["alice", "bob", "a*", "?ob", "*"]),
+                1..3
+            ),
         )
-            .prop_map(|(op, if_exists, values)| RefCond { op, if_exists, key: "aws:username", values }),
-        (any::<bool>(), prop::sample::select(vec!["true", "false", "TRUE"]))
-            .prop_map(|(if_exists, v)| RefCond { op: "Bool", if_exists, key: "aws:SecureTransport", values: vec![v] }),
+            .prop_map(|(op, if_exists, values)| RefCond {
+                op,
+                if_exists,
+                key: "aws:username",
+                values
+            }),
+        (
+            any::<bool>(),
+            prop::sample::select(vec!["true", "false", "TRUE"])
+        )
+            .prop_map(|(if_exists, v)| RefCond {
+                op: "Bool",
+                if_exists,
+                key: "aws:SecureTransport",
+                values: vec![v]
+            }),
         (
             prop::sample::select(vec!["IpAddress", "NotIpAddress"]),
             any::<bool>(),
-            prop::collection::vec(prop::sample::select(vec!["10.0.0.0/8", "192.0.2.7", "::1/128", "192.0.2.0/24"]), 1..3),
+            prop::collection::vec(
+                prop::sample::select(vec!["10.0.0.0/8", "192.0.2.7", "::1/128", "192.0.2.0/24"]),
+                1..3
+            ),
         )
-            .prop_map(|(op, if_exists, values)| RefCond { op, if_exists, key: "aws:SourceIp", values }),
+            .prop_map(|(op, if_exists, values)| RefCond {
+                op,
+                if_exists,
+                key: "aws:SourceIp",
+                values
+            }),
     ]
 }
 
@@ -271,14 +455,16 @@ fn statement_strategy() -> impl Strategy<Value = RefStatement> {
         prop::collection::vec(prop::sample::select(RESOURCE_PATTERNS.to_vec()), 1..3),
         prop::collection::vec(cond_strategy(), 0..3),
     )
-        .prop_map(|(allow, not_action, actions, not_resource, resources, conds)| RefStatement {
-            allow,
-            not_action,
-            actions,
-            not_resource,
-            resources,
-            conds,
-        })
+        .prop_map(
+            |(allow, not_action, actions, not_resource, resources, conds)| RefStatement {
+                allow,
+                not_action,
+                actions,
+                not_resource,
+                resources,
+                conds,
+            },
+        )
 }
 
 fn to_json(statements: &[RefStatement]) -> serde_json::Value {
@@ -286,13 +472,31 @@ fn to_json(statements: &[RefStatement]) -> serde_json::Value {
         .iter()
         .map(|s| {
             let mut m = serde_json::Map::new();
-            m.insert("Effect".into(), json!(if s.allow { "Allow" } else { "Deny" }));
-            m.insert(if s.not_action { "NotAction" } else { "Action" }.into(), json!(s.actions));
-            m.insert(if s.not_resource { "NotResource" } else { "Resource" }.into(), json!(s.resources));
+            m.insert(
+                "Effect".into(),
+                json!(if s.allow { "Allow" } else { "Deny" }),
+            );
+            m.insert(
+                if s.not_action { "NotAction" } else { "Action" }.into(),
+                json!(s.actions),
+            );
+            m.insert(
+                if s.not_resource {
+                    "NotResource"
+                } else {
+                    "Resource"
+                }
+                .into(),
+                json!(s.resources),
+            );
             if !s.conds.is_empty() {
                 let mut cond = serde_json::Map::new();
                 for c in &s.conds {
-                    let op = if c.if_exists { format!("{}IfExists", c.op) } else { c.op.to_owned() };
+                    let op = if c.if_exists {
+                        format!("{}IfExists", c.op)
+                    } else {
+                        c.op.to_owned()
+                    };
                     let entry = cond.entry(op).or_insert_with(|| json!({}));
                     // A repeated operator and key can only be written once; `as_written` keeps
                     // the model to the same first occurrence.

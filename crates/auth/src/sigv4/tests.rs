@@ -15,13 +15,10 @@ struct Keys(Vec<(String, String)>);
 
 impl SecretSource for Keys {
     fn secret(&self, id: &str) -> Option<Secret> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == id)
-            .map(|(_, s)| Secret {
-                secret: Arc::from(s.as_str()),
-                version: 1,
-            })
+        self.0.iter().find(|(k, _)| k == id).map(|(_, s)| Secret {
+            secret: Arc::from(s.as_str()),
+            version: 1,
+        })
     }
 }
 
@@ -51,7 +48,10 @@ fn suite_dir() -> PathBuf {
             return dir;
         }
     }
-    panic!("aws-sigv4-{version} not unpacked under {}", registry.display());
+    panic!(
+        "aws-sigv4-{version} not unpacked under {}",
+        registry.display()
+    );
 }
 
 /// A raw HTTP request of the suite: method, path, query, headers, body.
@@ -96,7 +96,9 @@ fn parse_raw(text: &str) -> RawRequest {
 }
 
 fn ms(iso: &str) -> i64 {
-    iso.parse::<jiff::Timestamp>().expect("time").as_millisecond()
+    iso.parse::<jiff::Timestamp>()
+        .expect("time")
+        .as_millisecond()
 }
 
 fn with_request<T>(raw: &RawRequest, f: impl FnOnce(&Request<'_>) -> T) -> T {
@@ -128,7 +130,11 @@ fn aws_test_suite_vectors_verify() {
         let Ok(ctx_text) = std::fs::read_to_string(case.join("context.json")) else {
             continue;
         };
-        let name = case.file_name().expect("name").to_string_lossy().to_string();
+        let name = case
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .to_string();
         let ctx: serde_json::Value = serde_json::from_str(&ctx_text).expect("context");
         let id = ctx["credentials"]["access_key_id"].as_str().expect("id");
         let secret = ctx["credentials"]["secret_access_key"]
@@ -148,9 +154,8 @@ fn aws_test_suite_vectors_verify() {
             let expected_canonical =
                 std::fs::read_to_string(case.join(format!("{form}-canonical-request.txt")))
                     .expect("canonical");
-            let expected_sig =
-                std::fs::read_to_string(case.join(format!("{form}-signature.txt")))
-                    .expect("signature");
+            let expected_sig = std::fs::read_to_string(case.join(format!("{form}-signature.txt")))
+                .expect("signature");
             let raw = parse_raw(&signed);
             with_request(&raw, |req| {
                 let claimed = parse(req).unwrap_or_else(|e| panic!("{name}/{form}: {e}"));
@@ -163,7 +168,10 @@ fn aws_test_suite_vectors_verify() {
                     normalize,
                 )
                 .expect("canonical");
-                assert_eq!(canonical, expected_canonical, "{name}/{form} canonical request");
+                assert_eq!(
+                    canonical, expected_canonical,
+                    "{name}/{form} canonical request"
+                );
                 let scope = format!(
                     "{}/{}/{}/aws4_request",
                     claimed.date, claimed.region, claimed.service
@@ -176,7 +184,11 @@ fn aws_test_suite_vectors_verify() {
                 let key = signing_key(secret, &claimed.date, &claimed.region, &claimed.service);
                 let sig = hex(hmac::sign(&key, sts.as_bytes()).as_ref());
                 assert_eq!(sig, expected_sig.trim(), "{name}/{form} signature");
-                assert_eq!(claimed.signature, expected_sig.trim(), "{name}/{form} claimed");
+                assert_eq!(
+                    claimed.signature,
+                    expected_sig.trim(),
+                    "{name}/{form} claimed"
+                );
                 if normalize {
                     // The whole verifier accepts it, and refuses it with one bit changed.
                     let v = Verifier::new()
@@ -196,7 +208,11 @@ fn aws_test_suite_vectors_verify() {
             checked += 1;
         }
     }
-    assert!(checked >= 60, "only {checked} vectors found in {}", dir.display());
+    assert!(
+        checked >= 60,
+        "only {checked} vectors found in {}",
+        dir.display()
+    );
 }
 
 const ID: &str = "AKIAOPENTRAILTEST01";
@@ -365,13 +381,13 @@ fn refusals_say_what_is_wrong() {
     assert_eq!(late.code(), "SignatureDoesNotMatch");
     assert!(late.to_string().starts_with("Signature expired"), "{late}");
     let early = verify_with("/", None, &h, body, now_ms() - 16 * min).expect_err("future");
-    assert!(early.to_string().starts_with("Signature not yet current"), "{early}");
+    assert!(
+        early.to_string().starts_with("Signature not yet current"),
+        "{early}"
+    );
     // A wrong payload hash header.
     let mut sha = h.clone();
-    sha.push((
-        "x-amz-content-sha256".to_owned(),
-        "0".repeat(64),
-    ));
+    sha.push(("x-amz-content-sha256".to_owned(), "0".repeat(64)));
     let e = verify_with("/", None, &sha, body, now_ms()).expect_err("sha");
     assert!(e.to_string().contains("x-amz-content-sha256"), "{e}");
     // Missing pieces of the Authorization header.
@@ -379,7 +395,13 @@ fn refusals_say_what_is_wrong() {
         .iter()
         .map(|(k, v)| {
             if k == "authorization" {
-                (k.clone(), v.split(", Signature=").next().unwrap_or_default().to_owned())
+                (
+                    k.clone(),
+                    v.split(", Signature=")
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
             } else {
                 (k.clone(), v.clone())
             }
@@ -394,7 +416,13 @@ fn refusals_say_what_is_wrong() {
         .iter()
         .map(|(k, v)| {
             if k == "authorization" {
-                (k.clone(), v.replace("SignedHeaders=content-type;host;", "SignedHeaders=content-type;"))
+                (
+                    k.clone(),
+                    v.replace(
+                        "SignedHeaders=content-type;host;",
+                        "SignedHeaders=content-type;",
+                    ),
+                )
             } else {
                 (k.clone(), v.clone())
             }

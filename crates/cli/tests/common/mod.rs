@@ -8,6 +8,60 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const ACCOUNT: &str = "111122223333";
+/// The root key the test servers are started with.
+pub const ROOT_ID: &str = "AKIAOPENTRAILTESTROOT";
+pub const ROOT_SECRET: &str = "test/root/secret/0123456789abcdefghijklmnopqrstu";
+
+/// Signed headers for a request with the root key (region us-east-1).
+pub fn signed(
+    service: &str,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<(String, String)> {
+    opentrail_auth::client::sign_now(
+        &opentrail_auth::client::Credentials::new(ROOT_ID, ROOT_SECRET),
+        "us-east-1",
+        service,
+        method,
+        url,
+        headers,
+        body,
+    )
+    .expect("sign")
+}
+
+/// POST with the root key's signature.
+pub fn post(
+    agent: &ureq::Agent,
+    service: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    let mut req = agent.post(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    for (k, v) in signed(service, "POST", url, headers, body) {
+        req = req.header(k, v);
+    }
+    req.send(body)
+}
+
+/// GET with the root key's signature.
+pub fn get(
+    agent: &ureq::Agent,
+    service: &str,
+    url: &str,
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    let mut req = agent.get(url);
+    for (k, v) in signed(service, "GET", url, &[], b"") {
+        req = req.header(k, v);
+    }
+    req.call()
+}
 pub const TARGET: &str = "com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.LookupEvents";
 
 pub fn agent() -> ureq::Agent {
@@ -40,6 +94,8 @@ impl Server {
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("OPENTRAIL_ACCOUNT_ID", ACCOUNT)
+            .env("OPENTRAIL_ROOT_ACCESS_KEY_ID", ROOT_ID)
+            .env("OPENTRAIL_ROOT_SECRET_ACCESS_KEY", ROOT_SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -76,9 +132,7 @@ impl Server {
         let agent = agent();
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            let text = agent
-                .get(&format!("{}/metrics", self.url))
-                .call()
+            let text = get(&agent, "opentrail", &format!("{}/metrics", self.url))
                 .expect("metrics")
                 .body_mut()
                 .read_to_string()
@@ -101,12 +155,17 @@ impl Server {
             if let Some(t) = &token {
                 body["NextToken"] = serde_json::Value::String(t.clone());
             }
-            let mut resp = agent
-                .post(&format!("{}/", self.url))
-                .header("X-Amz-Target", TARGET)
-                .content_type("application/x-amz-json-1.1")
-                .send(body.to_string())
-                .expect("lookup");
+            let mut resp = post(
+                &agent,
+                "cloudtrail",
+                &format!("{}/", self.url),
+                &[
+                    ("x-amz-target", TARGET),
+                    ("content-type", "application/x-amz-json-1.1"),
+                ],
+                body.to_string().as_bytes(),
+            )
+            .expect("lookup");
             assert_eq!(resp.status(), 200);
             let v: serde_json::Value =
                 serde_json::from_str(&resp.body_mut().read_to_string().expect("body"))

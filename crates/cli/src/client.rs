@@ -1,0 +1,77 @@
+//! A signed JSON-API client for OpenTrail's server: credentials from `AWS_ACCESS_KEY_ID` /
+//! `AWS_SECRET_ACCESS_KEY`, requests signed with SigV4 for the call's service and region.
+
+use anyhow::Context as _;
+use opentrail_auth::client::{Credentials, sign_now};
+use serde_json::Value;
+
+pub struct ApiClient {
+    agent: ureq::Agent,
+    url: String,
+    region: String,
+    creds: Credentials,
+}
+
+impl ApiClient {
+    /// A client for the server at `endpoint`, signing for `region`.
+    pub fn new(agent: ureq::Agent, endpoint: &str, region: &str) -> anyhow::Result<Self> {
+        let creds = Credentials::from_env().context(
+            "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the root key is in \
+             <data-dir>/root-credentials.json unless the server was given one)",
+        )?;
+        let mut url = endpoint.trim_end_matches('/').to_owned();
+        url.push('/');
+        Ok(Self {
+            agent,
+            url,
+            region: region.to_owned(),
+            creds,
+        })
+    }
+
+    /// `POST /` with `X-Amz-Target: <target>`, signed for `service`; the answer's JSON, or an
+    /// error that names the exception and its message.
+    pub fn call(&self, service: &str, target: &str, body: &Value) -> anyhow::Result<Value> {
+        let op = target.rsplit('.').next().unwrap_or(target);
+        let bytes = serde_json::to_vec(body)?;
+        let headers = [
+            ("x-amz-target", target),
+            ("content-type", "application/x-amz-json-1.1"),
+        ];
+        let signed = sign_now(
+            &self.creds,
+            &self.region,
+            service,
+            "POST",
+            &self.url,
+            &headers,
+            &bytes,
+        )?;
+        let mut req = self.agent.post(&self.url);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        for (k, v) in &signed {
+            req = req.header(k, v);
+        }
+        let mut resp = req
+            .send(bytes.as_slice())
+            .with_context(|| format!("calling {op} at {}", self.url))?;
+        let status = resp.status();
+        let text = resp.body_mut().read_to_string()?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{op}: the answer is not JSON: {text:.200}"))?;
+        if !status.is_success() {
+            let kind = v["__type"].as_str().unwrap_or("error");
+            anyhow::bail!(
+                "{op} failed ({}): {}",
+                kind.rsplit('#').next().unwrap_or(kind),
+                v["Message"]
+                    .as_str()
+                    .or(v["message"].as_str())
+                    .unwrap_or(&text)
+            );
+        }
+        Ok(v)
+    }
+}

@@ -1,0 +1,127 @@
+//! The admin API for principals and policies: `POST /` with `X-Amz-Target:
+//! OpenTrailIAM.<Action>` (IAM's action names and members, JSON bodies), signed for service
+//! `iam`. Every call is recorded as a self-audit event with eventSource `iam.amazonaws.com`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::Response;
+use opentrail_auth::iam;
+use opentrail_protocol::{ApiError, Exception};
+
+use crate::App;
+use crate::api::{CallContext, error_reply, reply};
+use crate::audit::{self, Outcome};
+use crate::http::{BodyError, read_body};
+
+/// `X-Amz-Target` prefix of the admin API.
+pub(crate) const TARGET_PREFIX: &str = "OpenTrailIAM.";
+/// Largest admin request body (a policy document is at most a few KB).
+const MAX_BODY: usize = 64 * 1024;
+
+async fn run(
+    app: &App,
+    ctx: &mut CallContext,
+    parts: &Parts,
+    body: &[u8],
+    action: &str,
+    read_only: Option<bool>,
+) -> Result<Vec<u8>, ApiError> {
+    let caller = ctx.authenticate(app, parts, body, &["iam"])?;
+    let Some(read_only) = read_only else {
+        return Err(ApiError::new(
+            Exception::InvalidAction,
+            format!("The action {action} is not valid for this endpoint."),
+        ));
+    };
+    let value: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::json!({})
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                Exception::SerializationException,
+                format!("the request body is not JSON: {e}"),
+            )
+        })?
+    };
+    let resource = app.access.iam_resource(action, &value).await;
+    app.access.authorize(
+        &caller,
+        &format!("iam:{action}"),
+        &resource,
+        &ctx.source_ip,
+        &ctx.region,
+        ctx.now_ms,
+    )?;
+    let out = app
+        .access
+        .iam_call(&app.catalog, &caller, action, read_only, &value, ctx.now_ms)
+        .await?;
+    serde_json::to_vec(&out).map_err(|e| ApiError::new(Exception::InternalFailure, e.to_string()))
+}
+
+pub(crate) async fn handle(
+    app: Arc<App>,
+    peer: SocketAddr,
+    parts: Parts,
+    body: Body,
+    action: String,
+) -> Response {
+    let mut ctx = CallContext::new(&app, &parts.headers, peer, "iam.amazonaws.com");
+    let read_only = iam::lookup_action(&action);
+    let (body, result) = match read_body(body, MAX_BODY).await {
+        Err(BodyError::TooLarge) => (
+            Vec::new(),
+            Err(ApiError::new(
+                Exception::SerializationException,
+                format!("request body is larger than {MAX_BODY} bytes"),
+            )),
+        ),
+        Err(BodyError::Broken(m)) => (
+            Vec::new(),
+            Err(ApiError::new(
+                Exception::SerializationException,
+                format!("request body could not be read: {m}"),
+            )),
+        ),
+        Ok(b) => {
+            let r = run(&app, &mut ctx, &parts, &b, &action, read_only).await;
+            (b, r)
+        }
+    };
+    let event_name: String = action
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(128)
+        .collect();
+    let outcome = match &result {
+        Ok(resp) => Outcome::Success { response: resp },
+        Err(e) => Outcome::Failure { error: e },
+    };
+    if let Err(e) = audit::record(
+        &app,
+        &ctx,
+        &event_name,
+        read_only.unwrap_or(false),
+        &body,
+        outcome,
+    )
+    .await
+    {
+        tracing::error!(error = %e, operation = %event_name, "self-audit record could not be stored");
+        return error_reply(
+            &ctx,
+            &ApiError::new(
+                Exception::ServiceUnavailable,
+                "the call could not be recorded; try again",
+            ),
+        );
+    }
+    match result {
+        Ok(resp) => reply(&ctx, StatusCode::OK, resp),
+        Err(e) => error_reply(&ctx, &e),
+    }
+}
