@@ -37,10 +37,16 @@ from typing import Any, Callable, Iterable
 import boto3
 import pytest
 import requests
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
+from urllib.parse import urlsplit
 
 ACCOUNT_ID = "111122223333"
 DEFAULT_REGION = "us-east-1"
+# The root user's key every test server is started with (OPENTRAIL_ROOT_*), and
+# the key the AWS CLI, boto3 and requests sign with unless a test says otherwise.
 FAKE_ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
 FAKE_SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
@@ -285,6 +291,49 @@ def expected_username(record: dict) -> str | None:
 # ---------------------------------------------------------------------------
 
 
+class SigV4(requests.auth.AuthBase):
+    """Signs each ``requests`` request with SigV4 (botocore's signer), for the
+    service its path and target belong to: ``opentrail`` for ``/v1/events``
+    and ``/metrics``, ``iam`` for the admin API, ``cloudtrail`` otherwise.
+    ``/health`` is left unsigned."""
+
+    def __init__(self, access_key: str = FAKE_ACCESS_KEY, secret_key: str = FAKE_SECRET_KEY,
+                 region: str = DEFAULT_REGION):
+        self.credentials = Credentials(access_key, secret_key)
+        self.region = region
+
+    def __call__(self, r):
+        path = urlsplit(r.url).path
+        if path == "/health":
+            return r
+        target = r.headers.get("X-Amz-Target", "")
+        if path.startswith("/v1/") or path == "/metrics":
+            service = "opentrail"
+        elif target.startswith("OpenTrailIAM."):
+            service = "iam"
+        else:
+            service = "cloudtrail"
+        body = r.body or b""
+        if isinstance(body, str):
+            body = body.encode()
+        keep = {k: v for k, v in r.headers.items()
+                if k.lower() in ("content-type", "x-amz-target")}
+        req = AWSRequest(method=r.method, url=r.url, data=body, headers=keep)
+        SigV4Auth(self.credentials, service, self.region).add_auth(req)
+        r.headers["Authorization"] = req.headers["Authorization"]
+        r.headers["X-Amz-Date"] = req.headers["X-Amz-Date"]
+        return r
+
+
+def signed_session(access_key: str = FAKE_ACCESS_KEY, secret_key: str = FAKE_SECRET_KEY,
+                   region: str = DEFAULT_REGION) -> requests.Session:
+    """A ``requests`` session whose requests are signed with the given key
+    (the root key by default)."""
+    sess = requests.Session()
+    sess.auth = SigV4(access_key, secret_key, region)
+    return sess
+
+
 class OpenTrailServer:
     """A running ``opentrail serve`` process plus convenience helpers."""
 
@@ -302,7 +351,7 @@ class OpenTrailServer:
         # ``SERVER_ENV``); applied on top of the defaults, on every (re)start.
         self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen | None = None
-        self._session = requests.Session()
+        self._session = signed_session()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -312,6 +361,8 @@ class OpenTrailServer:
             {
                 "OPENTRAIL_ACCOUNT_ID": self.account,
                 "OPENTRAIL_REGION": self.region,
+                "OPENTRAIL_ROOT_ACCESS_KEY_ID": FAKE_ACCESS_KEY,
+                "OPENTRAIL_ROOT_SECRET_ACCESS_KEY": FAKE_SECRET_KEY,
                 "RUST_LOG": "info",
             }
         )

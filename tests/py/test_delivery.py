@@ -53,6 +53,7 @@ from conftest import (
     trail_status_with_body,
     uid,
     gunzip_single_member,
+    signed_session,
 )
 
 HOME = "us-east-1"
@@ -1159,7 +1160,7 @@ class Stream:
         self.unacked: dict[str, dict] = {}
         self.errors: list[str] = []
         self.stop = threading.Event()
-        self.session = requests.Session()
+        self.session = signed_session()
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.batch = 0
 
@@ -1174,7 +1175,7 @@ class Stream:
                 with self.lock:
                     self.unacked.update(by_id(records))
                 self.errors.append(repr(e)[:200])
-                self.session = requests.Session()
+                self.session = signed_session()
                 time.sleep(0.05)
                 continue
             ok = r.status_code == 200 and r.json().get("EventIds") == [x["eventID"] for x in records]

@@ -40,6 +40,7 @@ from conftest import (
     gunzip_single_member,
     make_record,
     uid,
+    signed_session,
 )
 
 SERVER_ENV = {
@@ -108,7 +109,7 @@ class Writer(threading.Thread):
             self.crashed = e
 
     def _run(self) -> None:
-        sess = requests.Session()
+        sess = signed_session()
         while not self.stop_evt.is_set():
             batch = [self.record() for _ in range(BATCH)]
             ids = [r["eventID"] for r in batch]
@@ -122,7 +123,7 @@ class Writer(threading.Thread):
             except (requests.RequestException, ValueError) as e:
                 reason = type(e).__name__
                 sess.close()
-                sess = requests.Session()
+                sess = signed_session()
             with self.lock:
                 self.batches += 1
                 target = self.acked if outcome == "acked" else self.maybe

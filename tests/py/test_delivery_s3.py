@@ -51,6 +51,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from conftest import (
+    FAKE_ACCESS_KEY,
+    FAKE_SECRET_KEY,
     ACCOUNT_ID,
     OpenTrailServer,
     assert_record_roundtrip,
@@ -61,12 +63,16 @@ from conftest import (
     make_record,
     uid,
     gunzip_single_member,
+    signed_session,
 )
 
 S3_PORT = free_port()
 S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
-S3_ACCESS_KEY = "OTDELIVERYTESTKEY001"
-S3_SECRET_KEY = "otDeliveryTestSecret/0123456789abcdefghij"
+# The S3 server takes the same key as OpenTrail's root user, as one AWS
+# credential does for both services (the AWS CLI's validate-logs signs its
+# CloudTrail and S3 calls with the same key).
+S3_ACCESS_KEY = FAKE_ACCESS_KEY
+S3_SECRET_KEY = FAKE_SECRET_KEY
 
 DELIVERY_ENV = {
     "OPENTRAIL_DELIVERY_INTERVAL": "1s",
@@ -396,7 +402,7 @@ class Ingester(threading.Thread):
         self.lock = threading.Lock()
 
     def run(self) -> None:
-        sess = requests.Session()
+        sess = signed_session()
         while not self.stop_evt.is_set():
             r0 = rec(self.marker)
             t0 = time.monotonic()

@@ -28,7 +28,7 @@ from pathlib import Path
 import requests
 import rsa
 
-from conftest import ACCOUNT_ID, cloudtrail_client, gunzip_single_member, make_record, uid
+from conftest import ACCOUNT_ID, cloudtrail_client, gunzip_single_member, make_record, uid, signed_session
 
 SERVER_ENV = {
     "OPENTRAIL_DELIVERY_INTERVAL": "1s",
@@ -53,7 +53,7 @@ class Writer(threading.Thread):
         self.acked: set[str] = set()
 
     def run(self) -> None:
-        sess = requests.Session()
+        sess = signed_session()
         while not self.stop_evt.is_set():
             batch = [
                 make_record(user_name=self.marker, eventID=str(uuid.uuid4()), awsRegion=HOME,
@@ -66,7 +66,7 @@ class Writer(threading.Thread):
                     self.acked.update(x["eventID"] for x in batch)
             except requests.RequestException:
                 sess.close()
-                sess = requests.Session()
+                sess = signed_session()
             self.stop_evt.wait(0.05)
 
     def stop(self) -> None:

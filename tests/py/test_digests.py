@@ -60,6 +60,7 @@ from conftest import (
     make_record,
     trail_status_with_body,
     uid,
+    signed_session,
 )
 
 HOME = "us-east-1"
@@ -1262,7 +1263,7 @@ class Feeder(threading.Thread):
         self.acked: list[str] = []
 
     def run(self) -> None:
-        sess = requests.Session()
+        sess = signed_session()
         while not self.stop_evt.is_set():
             r = rec(self.marker)
             try:
@@ -1270,7 +1271,7 @@ class Feeder(threading.Thread):
                 if resp.status_code == 200 and resp.json().get("EventIds") == [r["eventID"]]:
                     self.acked.append(r["eventID"])
             except requests.RequestException:
-                sess = requests.Session()
+                sess = signed_session()
             self.stop_evt.wait(0.1)
 
     def stop(self) -> None:
