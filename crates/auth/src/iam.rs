@@ -244,11 +244,25 @@ fn attachment_count(dir: &Directory, arn: &str) -> usize {
             .count()
 }
 
+/// A stable id for a ready-made policy: `ANPA` and 17 characters from its name's hash.
+fn managed_policy_id(name: &str) -> String {
+    let mut h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut id = String::from("ANPA");
+    for _ in 0..17 {
+        id.push(char::from(alphabet[usize::try_from(h % 32).unwrap_or(0)]));
+        h = h / 32 ^ h.rotate_left(17);
+    }
+    id
+}
+
 fn policy_json(dir: &Directory, account: &str, arn: &str) -> Option<Value> {
     if let Some((name, description, _)) = managed_policy(arn) {
         return Some(json!({
             "PolicyName": name,
-            "PolicyId": format!("ANPAOPENTRAIL{}", name.len()),
+            "PolicyId": managed_policy_id(name),
             "Arn": arn,
             "Path": "/",
             "DefaultVersionId": "v1",
@@ -927,5 +941,20 @@ fn run(
             status: 400,
             message: format!("The action {other} is not valid for this endpoint."),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_made_policies_have_distinct_ids() {
+        let ids: std::collections::BTreeSet<String> = MANAGED_POLICIES
+            .iter()
+            .map(|(n, _, _)| managed_policy_id(n))
+            .collect();
+        assert_eq!(ids.len(), MANAGED_POLICIES.len());
+        assert!(ids.iter().all(|i| i.len() == 21 && i.starts_with("ANPA")));
     }
 }

@@ -22,10 +22,11 @@ const TARGET: &str = "com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.Loo
     about = "OpenTrail vs SQLite: durable ingest and LookupEvents latency; trail delivery vs gzip -6"
 )]
 struct Args {
-    /// Which measurements: all (ingest-lookup and delivery), ingest-lookup, delivery, or
+    /// Which measurements: all (ingest-lookup and delivery), ingest-lookup, delivery,
     /// validate (log file validation vs the AWS CLI and sha256sum; needs s3s-fs and the AWS CLI,
-    /// see crates/bench/src/validate.rs).
-    #[arg(long, default_value = "all", value_parser = ["all", "ingest-lookup", "delivery", "validate"])]
+    /// see crates/bench/src/validate.rs), or auth (the cost of SigV4 + policies per request, and
+    /// LookupEvents with auth on vs off on `--auth-events` stored events).
+    #[arg(long, default_value = "all", value_parser = ["all", "ingest-lookup", "delivery", "validate", "auth"])]
     suite: String,
     /// MB of JSON delivered for the validation benchmark.
     #[arg(long, default_value_t = 1_000)]
@@ -42,6 +43,9 @@ struct Args {
     /// Lookups per engine.
     #[arg(long, default_value_t = 2_000)]
     lookups: usize,
+    /// Events stored for the auth on/off lookup comparison.
+    #[arg(long, default_value_t = 200_000)]
+    auth_events: usize,
     /// Seed of the event generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -50,6 +54,7 @@ struct Args {
     dir: Option<std::path::PathBuf>,
 }
 
+mod auth;
 mod delivery;
 mod validate;
 
@@ -334,6 +339,31 @@ impl OpenTrail {
         }
     }
 
+    /// Signs further requests with `creds` instead of the root key.
+    fn use_key(&mut self, creds: opentrail_auth::client::Credentials) {
+        self.creds = Some(creds);
+    }
+
+    /// An admin API call (`OpenTrailIAM.<action>`); fails unless it answers 200.
+    fn iam(&self, action: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let target = format!("OpenTrailIAM.{action}");
+        let mut resp = self.send(
+            "POST",
+            "iam",
+            "/",
+            &[
+                ("x-amz-target", target.as_str()),
+                ("content-type", "application/x-amz-json-1.1"),
+            ],
+            body.to_string().as_bytes(),
+        )?;
+        let text = resp.body_mut().read_to_string()?;
+        if resp.status() != 200 {
+            bail!("{action} answered {}: {text}", resp.status());
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
     fn ingest(&self, body: &str) -> anyhow::Result<()> {
         let mut resp = self.send(
             "POST",
@@ -579,6 +609,9 @@ fn main() -> anyhow::Result<()> {
         sizes[sizes.len() / 2],
         sizes[sizes.len() * 99 / 100]
     );
+    if args.suite == "auth" {
+        return auth::run(args.seed, args.auth_events, args.lookups, &root, now_s);
+    }
     if args.suite == "validate" {
         return validate::run(args.seed, args.validate_mb, &root, now_s);
     }
