@@ -28,7 +28,7 @@ from pathlib import Path
 import requests
 import rsa
 
-from conftest import ACCOUNT_ID, cloudtrail_client, gunzip_single_member, make_record, uid, signed_session
+from conftest import ACCOUNT_ID, FAKE_ACCESS_KEY, FAKE_SECRET_KEY, cloudtrail_client, gunzip_single_member, make_record, uid, signed_session
 
 SERVER_ENV = {
     "OPENTRAIL_DELIVERY_INTERVAL": "1s",
@@ -224,6 +224,7 @@ def test_sigkill_rounds_leave_one_unforked_chain(server, opentrail_bin):
          "--start-time", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started - 60)),
          "--endpoint-url", server.url, "--local-dir", str(root), "--no-progress"],
         capture_output=True, text=True, timeout=120,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET_KEY},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"{n_digests}/{n_digests} digest files valid" in proc.stdout
