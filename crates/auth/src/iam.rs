@@ -253,7 +253,7 @@ fn managed_policy_id(name: &str) -> String {
     let mut id = String::from("ANPA");
     for _ in 0..17 {
         id.push(char::from(alphabet[usize::try_from(h % 32).unwrap_or(0)]));
-        h = h / 32 ^ h.rotate_left(17);
+        h = (h / 32) ^ h.rotate_left(17);
     }
     id
 }
