@@ -391,15 +391,6 @@ impl Snapshot {
             .filter(|k| k.active)
             .map(|k| Arc::clone(&k.principal))
     }
-
-    /// Number of access keys known (active or not).
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
 }
 
 impl SecretSource for Snapshot {

@@ -71,47 +71,30 @@ pub struct IamError {
     pub message: String,
 }
 
-fn no_such(message: String) -> IamError {
+fn error(code: &'static str, status: u16, message: String) -> IamError {
     IamError {
-        code: "NoSuchEntity",
-        status: 404,
+        code,
+        status,
         message,
     }
+}
+fn no_such(message: String) -> IamError {
+    error("NoSuchEntity", 404, message)
 }
 fn exists(message: String) -> IamError {
-    IamError {
-        code: "EntityAlreadyExists",
-        status: 409,
-        message,
-    }
+    error("EntityAlreadyExists", 409, message)
 }
 fn limit(message: String) -> IamError {
-    IamError {
-        code: "LimitExceeded",
-        status: 409,
-        message,
-    }
+    error("LimitExceeded", 409, message)
 }
 fn conflict(message: String) -> IamError {
-    IamError {
-        code: "DeleteConflict",
-        status: 409,
-        message,
-    }
+    error("DeleteConflict", 409, message)
 }
 fn invalid(message: String) -> IamError {
-    IamError {
-        code: "ValidationError",
-        status: 400,
-        message,
-    }
+    error("ValidationError", 400, message)
 }
 fn malformed(message: String) -> IamError {
-    IamError {
-        code: "MalformedPolicyDocument",
-        status: 400,
-        message,
-    }
+    error("MalformedPolicyDocument", 400, message)
 }
 
 /// What the API needs from the server: fresh ids and sealed secrets.
@@ -936,11 +919,11 @@ fn run(
                 .collect();
             Ok(json!({"UserDetailList": users, "GroupDetailList": groups, "IsTruncated": false}))
         }
-        other => Err(IamError {
-            code: "InvalidAction",
-            status: 400,
-            message: format!("The action {other} is not valid for this endpoint."),
-        }),
+        other => Err(error(
+            "InvalidAction",
+            400,
+            format!("The action {other} is not valid for this endpoint."),
+        )),
     }
 }
 

@@ -344,24 +344,9 @@ impl OpenTrail {
         self.creds = Some(creds);
     }
 
-    /// An admin API call (`OpenTrailIAM.<action>`); fails unless it answers 200.
+    /// An admin API call (`OpenTrailIAM.<action>`).
     fn iam(&self, action: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        let target = format!("OpenTrailIAM.{action}");
-        let mut resp = self.send(
-            "POST",
-            "iam",
-            "/",
-            &[
-                ("x-amz-target", target.as_str()),
-                ("content-type", "application/x-amz-json-1.1"),
-            ],
-            body.to_string().as_bytes(),
-        )?;
-        let text = resp.body_mut().read_to_string()?;
-        if resp.status() != 200 {
-            bail!("{action} answered {}: {text}", resp.status());
-        }
-        Ok(serde_json::from_str(&text)?)
+        self.json_call("iam", &format!("OpenTrailIAM.{action}"), body)
     }
 
     fn ingest(&self, body: &str) -> anyhow::Result<()> {
@@ -397,43 +382,42 @@ impl OpenTrail {
             .with_context(|| format!("no metric {name}"))
     }
 
-    /// A CloudTrail API call; fails unless it answers 200.
-    fn call(&self, operation: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        let target = format!("com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.{operation}");
+    /// A JSON 1.1 call (`X-Amz-Target: target`) signed for `service`; fails unless it answers 200.
+    fn json_call(
+        &self,
+        service: &str,
+        target: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
         let mut resp = self.send(
             "POST",
-            "cloudtrail",
+            service,
             "/",
             &[
-                ("x-amz-target", target.as_str()),
+                ("x-amz-target", target),
                 ("content-type", "application/x-amz-json-1.1"),
             ],
             body.to_string().as_bytes(),
         )?;
         let text = resp.body_mut().read_to_string()?;
         if resp.status() != 200 {
-            bail!("{operation} answered {}: {text}", resp.status());
+            bail!("{target} answered {}: {text}", resp.status());
         }
         Ok(serde_json::from_str(&text)?)
     }
 
+    /// A CloudTrail API call.
+    fn call(&self, operation: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        self.json_call(
+            "cloudtrail",
+            &format!("com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.{operation}"),
+            body,
+        )
+    }
+
     fn lookup(&self, key: &str, value: &str) -> anyhow::Result<usize> {
         let body = serde_json::json!({"LookupAttributes": [{"AttributeKey": key, "AttributeValue": value}], "MaxResults": 50});
-        let mut resp = self.send(
-            "POST",
-            "cloudtrail",
-            "/",
-            &[
-                ("x-amz-target", TARGET),
-                ("content-type", "application/x-amz-json-1.1"),
-            ],
-            body.to_string().as_bytes(),
-        )?;
-        let text = resp.body_mut().read_to_string()?;
-        if resp.status() != 200 {
-            bail!("lookup answered {}: {text}", resp.status());
-        }
-        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let v = self.json_call("cloudtrail", TARGET, &body)?;
         Ok(v["Events"].as_array().map_or(0, Vec::len))
     }
 

@@ -168,9 +168,9 @@ impl Access {
                 status: opentrail_auth::directory::KeyStatus::Active,
                 created_ms: crate::App::now_ms(),
             });
-            let body = serde_json::to_string(&directory)
-                .map_err(|e| ServerError::Access(e.to_string()))?;
-            version = catalog.put_iam_directory(version, &body)?;
+            // The file first (synced), then the directory: a crash between the two leaves a key
+            // nobody can use and the next start makes a new one and rewrites the file; the other
+            // order could store a key whose secret was never handed out.
             let path = settings.data_dir.join(ROOT_CREDENTIALS_FILE);
             let _ = std::fs::remove_file(&path);
             let text = serde_json::json!({
@@ -179,6 +179,9 @@ impl Access {
                 "AccountId": settings.account_id,
             });
             opentrail_delivery::write_private(&path, format!("{text:#}\n").as_bytes())?;
+            let body = serde_json::to_string(&directory)
+                .map_err(|e| ServerError::Access(e.to_string()))?;
+            version = catalog.put_iam_directory(version, &body)?;
             tracing::warn!(
                 file = %path.display(),
                 access_key_id = %id,
@@ -235,11 +238,7 @@ impl Access {
         services: &[&str],
         now_ms: i64,
     ) -> Result<(Caller, Option<String>), ApiError> {
-        let headers: Vec<(&str, &str)> = parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
-            .collect();
+        let headers = header_pairs(parts);
         let req = Request {
             method: parts.method.as_str(),
             path: parts.uri.path(),
@@ -276,11 +275,7 @@ impl Access {
 
     /// The access key id a request claims, for recording a call that failed to authenticate.
     pub fn claimed_key(parts: &Parts) -> Option<String> {
-        let headers: Vec<(&str, &str)> = parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
-            .collect();
+        let headers = header_pairs(parts);
         sigv4::claimed_access_key(&Request {
             method: parts.method.as_str(),
             path: parts.uri.path(),
@@ -306,7 +301,10 @@ impl Access {
         }
         let mut ctx = Context::new(action, resource)
             .with("aws:SourceIp", source_ip)
-            .with("aws:CurrentTime", crate::access::iso(now_ms))
+            .with(
+                "aws:CurrentTime",
+                opentrail_model::time::format_event_time(now_ms),
+            )
             .with("aws:EpochTime", (now_ms / 1000).to_string())
             .with("aws:SecureTransport", "false")
             .with("aws:PrincipalArn", p.arn.clone())
@@ -389,7 +387,12 @@ impl Access {
     }
 }
 
-/// ISO 8601 with seconds, as `aws:CurrentTime` is written.
-pub(crate) fn iso(ms: i64) -> String {
-    iam::iso(ms)
+/// A request's headers as SigV4 reads them (values that are not text are left out: such a
+/// header cannot have been signed).
+fn header_pairs(parts: &Parts) -> Vec<(&str, &str)> {
+    parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
+        .collect()
 }
