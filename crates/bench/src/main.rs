@@ -25,8 +25,10 @@ struct Args {
     /// Which measurements: all (ingest-lookup and delivery), ingest-lookup, delivery,
     /// validate (log file validation vs the AWS CLI and sha256sum; needs s3s-fs and the AWS CLI,
     /// see crates/bench/src/validate.rs), or auth (the cost of SigV4 + policies per request, and
-    /// LookupEvents with auth on vs off on `--auth-events` stored events).
-    #[arg(long, default_value = "all", value_parser = ["all", "ingest-lookup", "delivery", "validate", "auth"])]
+    /// LookupEvents with auth on vs off on `--auth-events` stored events), or insights (the
+    /// Insights detector's precision, recall and delay on synthetic traffic with injected
+    /// anomalies, beside mean + 3σ).
+    #[arg(long, default_value = "all", value_parser = ["all", "ingest-lookup", "delivery", "validate", "auth", "insights"])]
     suite: String,
     /// MB of JSON delivered for the validation benchmark.
     #[arg(long, default_value_t = 1_000)]
@@ -46,6 +48,12 @@ struct Args {
     /// Events stored for the auth on/off lookup comparison.
     #[arg(long, default_value_t = 200_000)]
     auth_events: usize,
+    /// APIs in the Insights evaluation.
+    #[arg(long, default_value_t = 200)]
+    insights_apis: usize,
+    /// Weeks of traffic in the Insights evaluation.
+    #[arg(long, default_value_t = 4)]
+    insights_weeks: i64,
     /// Seed of the event generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -56,6 +64,7 @@ struct Args {
 
 mod auth;
 mod delivery;
+mod insights;
 mod validate;
 
 /// Deterministic xorshift64* generator.
@@ -571,6 +580,9 @@ fn make_batches(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.suite == "insights" {
+        return insights::run(args.seed, args.insights_apis, args.insights_weeks);
+    }
     let tmp = tempfile::tempdir()?;
     let root = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&root)?;
