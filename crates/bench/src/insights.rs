@@ -10,6 +10,10 @@
 //! keep the usual share of errors (a call-rate anomaly, and a trap for error-rate detection).
 //! Burst sizes are relative to the API's rate but at least one call a minute (a 5× burst on an
 //! API called twice a day is five calls a minute).
+//!
+//! For tuning: `OPENTRAIL_INSIGHTS_TRY="k,z,margin,min_excess,peak_rank;..."` replaces the
+//! rows with those parameter sets; `OPENTRAIL_INSIGHTS_DEBUG=1` adds false Insights by kind
+//! of API and recall per burst size and length.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -64,6 +68,9 @@ impl Anomaly {
     }
 }
 
+/// Anomalies found and injected, by kind.
+type Found = BTreeMap<&'static str, (usize, usize)>;
+
 /// One injected anomaly: API, first minute, last minute (exclusive).
 struct Truth {
     api: usize,
@@ -81,7 +88,8 @@ fn poisson(rng: &mut Rng, lambda: f64) -> u32 {
 
 fn rate_at(api: &Api, m: i64) -> f64 {
     let hour = (m.rem_euclid(MINUTES_PER_DAY)) as f64 / 60.0;
-    let daily = 1.0 + api.amplitude * (2.0 * std::f64::consts::PI * (hour - api.peak_hour) / 24.0).cos();
+    let daily =
+        1.0 + api.amplitude * (2.0 * std::f64::consts::PI * (hour - api.peak_hour) / 24.0).cos();
     let day = m.div_euclid(MINUTES_PER_DAY).rem_euclid(7);
     let weekly = if day >= 5 { api.weekend } else { 1.0 };
     api.rate * daily * weekly
@@ -137,7 +145,11 @@ fn normal_minute(rng: &mut Rng, api: &Api, m: i64, clump: f64) -> (u32, u32) {
         Kind::Noisy => {
             let g = Gamma::new(api.shape, 1.0 / api.shape).map_or(1.0, |g| g.sample(rng));
             // Short natural flurries: 1.5–2× for a few minutes, a few times a day.
-            let flurry = if (m / 5) % 97 == (api.rate as i64) % 97 { 1.8 } else { 1.0 };
+            let flurry = if (m / 5) % 97 == (api.rate as i64) % 97 {
+                1.8
+            } else {
+                1.0
+            };
             poisson(rng, lambda * g * flurry)
         }
         _ => {
@@ -145,7 +157,8 @@ fn normal_minute(rng: &mut Rng, api: &Api, m: i64, clump: f64) -> (u32, u32) {
             poisson(rng, lambda * g)
         }
     };
-    let errors = Binomial::new(u64::from(calls), api.error_share).map_or(0, |b| b.sample(rng) as u32);
+    let errors =
+        Binomial::new(u64::from(calls), api.error_share).map_or(0, |b| b.sample(rng) as u32);
     (calls, errors)
 }
 
@@ -335,7 +348,7 @@ struct Score {
     detections: usize,
     false_positives: usize,
     fp_per_series: Vec<usize>,
-    found: BTreeMap<&'static str, (usize, usize)>,
+    found: Found,
     strong_bursts: (usize, usize),
     delays: Vec<i64>,
     strong_delays: Vec<i64>,
@@ -421,7 +434,10 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
     );
     let detectors: Vec<(String, Option<Params>)> = vec![
         ("OpenTrail, low".into(), Some(Sensitivity::Low.params())),
-        ("OpenTrail, medium (default)".into(), Some(Sensitivity::Medium.params())),
+        (
+            "OpenTrail, medium (default)".into(),
+            Some(Sensitivity::Medium.params()),
+        ),
         ("OpenTrail, high".into(), Some(Sensitivity::High.params())),
         ("mean + 3σ of the trailing hour".into(), None),
     ];
@@ -433,7 +449,14 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
             if let [k, z, margin, min_excess, rank] = f[..] {
                 detectors.push((
                     format!("try {spec}"),
-                    Some(Params { k, z, margin, min_excess, peak_rank: rank as usize, ..Params::default() }),
+                    Some(Params {
+                        k,
+                        z,
+                        margin,
+                        min_excess,
+                        peak_rank: rank as usize,
+                        ..Params::default()
+                    }),
                 ));
             }
         }
@@ -442,7 +465,7 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
         "| detector | Insights | precision | recall (all) | recall, bursts ≥5× ≥3 min | false / API-week (mean, worst API) | error Insights on traffic spikes | median delay (all / strong bursts) | run time |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    let mut per_kind: Vec<(String, BTreeMap<&'static str, (usize, usize)>)> = Vec::new();
+    let mut per_kind: Vec<(String, Found)> = Vec::new();
     for (name, params) in &detectors {
         let t0 = Instant::now();
         let mut s = Score::default();
@@ -473,24 +496,9 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
                 .collect();
             let before = s.false_positives;
             score(&mut s, &dets, &call_truths, &[]);
-            if std::env::var_os("OPENTRAIL_INSIGHTS_DEBUG").is_some() {
-                for t in &call_truths {
-                    if let Anomaly::Burst { factor, minutes } = t.anomaly
-                        && factor >= 5.0 && minutes >= 3
-                        && !dets.iter().any(|d| d.decided >= t.start && d.decided < t.end + SLACK)
-                    {
-                        let a = &sc.apis[i];
-                        let lo = t.start as usize - 3;
-                        println!("    missed api {i} {:?} rate {:.3} shape {:.2} {factor}x{minutes}: {:?}", a.kind, a.rate, a.shape, &sc.calls[i][lo..(t.end as usize + 2).min(lo + 12)]);
-                    }
-                }
-            }
-            *s.fp_by_kind.entry(format!("{:?} calls", sc.apis[i].kind)).or_default() += s.false_positives - before;
-            if s.false_positives - before > 3 && std::env::var_os("OPENTRAIL_INSIGHTS_DEBUG").is_some() {
-                let a = &sc.apis[i];
-                println!("    api {i} {:?} rate {:.4} shape {:.2} amp {:.2} weekend {:.2}: {} false call Insights at {:?}", a.kind, a.rate, a.shape, a.amplitude, a.weekend, s.false_positives - before,
-                    dets.iter().filter(|d| !call_truths.iter().any(|t| d.decided >= t.start && d.decided < t.end + SLACK)).map(|d| (d.decided / 1440, d.decided % 1440, sc.calls[i][d.decided as usize - 2..=d.decided as usize].to_vec())).collect::<Vec<_>>());
-            }
+            *s.fp_by_kind
+                .entry(format!("{:?} calls", sc.apis[i].kind))
+                .or_default() += s.false_positives - before;
             // Error series: only error storms; traffic spikes are traps.
             let err_truths = of(&|a| matches!(a, Anomaly::ErrorStorm { .. }));
             let traps = of(&|a| matches!(a, Anomaly::TrafficSpike { .. }));
@@ -501,14 +509,18 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
             let dets: Vec<Detection> = dets
                 .into_iter()
                 .filter(|d| {
-                    !of(&|a| !matches!(a, Anomaly::ErrorStorm { .. } | Anomaly::TrafficSpike { .. }))
-                        .iter()
-                        .any(|t| d.decided >= t.start && d.decided < t.end + SLACK)
+                    !of(&|a| {
+                        !matches!(a, Anomaly::ErrorStorm { .. } | Anomaly::TrafficSpike { .. })
+                    })
+                    .iter()
+                    .any(|t| d.decided >= t.start && d.decided < t.end + SLACK)
                 })
                 .collect();
             let before = s.false_positives;
             score(&mut s, &dets, &err_truths, &traps);
-            *s.fp_by_kind.entry(format!("{:?} errors", sc.apis[i].kind)).or_default() += s.false_positives - before;
+            *s.fp_by_kind
+                .entry(format!("{:?} errors", sc.apis[i].kind))
+                .or_default() += s.false_positives - before;
         }
         let (found, total) = s.found.values().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
         let precision = if s.detections == 0 {
@@ -535,7 +547,10 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
         );
         if std::env::var_os("OPENTRAIL_INSIGHTS_DEBUG").is_some() {
             println!("    false by kind: {:?}", s.fp_by_kind);
-            println!("    bursts (factor, minutes) -> found/total: {:?}", s.bursts);
+            println!(
+                "    bursts (factor, minutes) -> found/total: {:?}",
+                s.bursts
+            );
         }
         per_kind.push((name.clone(), s.found));
     }

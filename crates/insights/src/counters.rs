@@ -191,10 +191,7 @@ fn read_call(json: &[u8]) -> Option<Call> {
             error_code: None,
         },
         write: s.read_only == Some(false),
-        error: s
-            .error_code
-            .filter(|c| !c.is_empty())
-            .map(|c| cut(Some(c))),
+        error: s.error_code.filter(|c| !c.is_empty()).map(|c| cut(Some(c))),
         arn: cut(s.user_identity.and_then(|i| i.arn)),
         agent: cut(s.user_agent),
     })
@@ -433,7 +430,10 @@ impl Counters {
         let mut changed: HashMap<u32, SeriesInfo> = HashMap::new();
         let (mut known, mut next_id) = {
             let reg = self.registry.read().map_err(|_| CountersError::Lock)?;
-            (reg.ids.clone(), u32::try_from(reg.infos.len()).unwrap_or(u32::MAX))
+            (
+                reg.ids.clone(),
+                u32::try_from(reg.infos.len()).unwrap_or(u32::MAX),
+            )
         };
         let mut infos_of_new: HashMap<u32, SeriesInfo> = HashMap::new();
         for r in &records {
@@ -451,7 +451,9 @@ impl Counters {
                     Some(id) => *id,
                     None => {
                         let id = next_id;
-                        next_id = next_id.checked_add(1).ok_or(CountersError::Damaged("too many series"))?;
+                        next_id = next_id
+                            .checked_add(1)
+                            .ok_or(CountersError::Damaged("too many series"))?;
                         known.insert(key.clone(), id);
                         infos_of_new.insert(
                             id,
@@ -490,7 +492,10 @@ impl Counters {
                 };
                 attrs.bump(Attribute::UserIdentityArn, &call.arn);
                 attrs.bump(Attribute::UserAgent, &call.agent);
-                attrs.bump(Attribute::ErrorCode, call.error.as_deref().unwrap_or("null"));
+                attrs.bump(
+                    Attribute::ErrorCode,
+                    call.error.as_deref().unwrap_or("null"),
+                );
             }
         }
         let mut batch = self.db.batch();
@@ -531,21 +536,20 @@ impl Counters {
         let info = if let Some(i) = new.get_mut(&id) {
             i
         } else {
-            if !changed.contains_key(&id) {
-                let reg = self.registry.read().map_err(|_| CountersError::Lock)?;
-                let cur = usize::try_from(id)
-                    .ok()
-                    .and_then(|i| reg.infos.get(i))
-                    .ok_or(CountersError::Damaged("series id"))?;
-                if (call.write && !cur.write) || call.minute < cur.first_minute {
-                    changed.insert(id, cur.clone());
-                } else {
-                    return Ok(());
+            match changed.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let reg = self.registry.read().map_err(|_| CountersError::Lock)?;
+                    let cur = usize::try_from(id)
+                        .ok()
+                        .and_then(|i| reg.infos.get(i))
+                        .ok_or(CountersError::Damaged("series id"))?;
+                    if (cur.write || !call.write) && call.minute >= cur.first_minute {
+                        return Ok(());
+                    }
+                    e.insert(cur.clone())
                 }
             }
-            changed
-                .get_mut(&id)
-                .ok_or(CountersError::Damaged("series id"))?
         };
         info.write |= call.write;
         info.first_minute = info.first_minute.min(call.minute);
@@ -688,7 +692,11 @@ mod tests {
         let enc = encode_block(&b);
         assert_eq!(decode_block(&enc).expect("decodes"), b);
         assert!(decode_block(&enc[..enc.len() - 1]).is_err());
-        assert_eq!(encode_block(&[0; 60]).len(), 60, "a quiet minute costs one byte");
+        assert_eq!(
+            encode_block(&[0; 60]).len(),
+            60,
+            "a quiet minute costs one byte"
+        );
     }
 
     #[test]

@@ -487,7 +487,7 @@ impl Runner {
     pub fn learn(&mut self, from: i64, hour: i64, counts: &[u32], calls: Option<&[u32]>) {
         let excluded = self.excluded(hour);
         let usable = |m: i64| !excluded.iter().any(|(a, b)| (*a..*b).contains(&m));
-        let baseline = Baseline::learn(from, counts, &usable);
+        let baseline = Baseline::learn(from, counts, usable);
         let error_ratio = calls.map(|c| {
             let total: u64 = c
                 .iter()
@@ -604,7 +604,10 @@ mod tests {
         let day = 7 * MINUTES_PER_DAY;
         assert!((b.expected(day + 12 * 60) - 20.0).abs() < 1e-9);
         let floor = b.mean / 10.0;
-        assert!((b.expected(day + 3 * 60) - floor).abs() < 1e-9, "a tenth of the mean at night");
+        assert!(
+            (b.expected(day + 3 * 60) - floor).abs() < 1e-9,
+            "a tenth of the mean at night"
+        );
     }
 
     #[test]
@@ -655,7 +658,10 @@ mod tests {
         s[81] = 15;
         s[82] = 10;
         let out = run(&b, t0, &s, &Params::default());
-        assert!(matches!(out.first(), Some((_, Transition::Start { .. }))), "{out:?}");
+        assert!(
+            matches!(out.first(), Some((_, Transition::Start { .. }))),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -271,18 +271,15 @@ impl Engine {
             if first_eval >= watermark {
                 continue;
             }
-            let counts = self
-                .counters
-                .counts(id, first_eval - 2, watermark)?;
+            let counts = self.counters.counts(id, first_eval - 2, watermark)?;
             let calls = match (&info.key.error_code, kind) {
                 (Some(_), InsightType::ApiErrorRateInsight) => {
                     let mut k = info.key.clone();
                     k.error_code = None;
                     match calls_ids.get(&k) {
-                        Some(cid) => Some((
-                            *cid,
-                            self.counters.counts(*cid, first_eval - 2, watermark)?,
-                        )),
+                        Some(cid) => {
+                            Some((*cid, self.counters.counts(*cid, first_eval - 2, watermark)?))
+                        }
                         None => None,
                     }
                 }

@@ -3,6 +3,7 @@
 //! Pure: it never touches storage; handlers take typed requests and return typed responses.
 
 pub mod error;
+pub mod insights;
 pub mod lookup;
 mod operation;
 pub mod trails;

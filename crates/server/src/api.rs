@@ -152,7 +152,11 @@ fn authorize(
     op: Operation,
     body: &[u8],
 ) -> Result<(), ApiError> {
-    let action = format!("cloudtrail:{}", op.name());
+    // ListInsightsMetricData is authorized as LookupEvents, as CloudTrail does.
+    let action = match op {
+        Operation::ListInsightsMetricData => "cloudtrail:LookupEvents".to_owned(),
+        _ => format!("cloudtrail:{}", op.name()),
+    };
     for resource in resources(ctx, op, body) {
         app.access.authorize(
             caller,
@@ -242,6 +246,9 @@ async fn dispatch(
         }
         Operation::GetInsightSelectors => {
             json(&trails::get_insight_selectors(app, ctx, parse_request(body)?).await?)
+        }
+        Operation::ListInsightsMetricData => {
+            json(&crate::insights::list_insights_metric_data(app, ctx, parse_request(body)?).await?)
         }
         other => Err(ApiError::new(
             Exception::UnsupportedOperationException,

@@ -84,6 +84,16 @@ pub struct Settings {
     /// Serve without authentication: every call acts as the account's root. For benchmarks and
     /// local experiments only; refused unless listening on a loopback address. Default false.
     pub insecure_no_auth: bool,
+    /// How eager Insights are: `low`, `medium` or `high`. Default `medium`.
+    pub insights_sensitivity: opentrail_insights::Sensitivity,
+    /// History an account and region need before any Insight is reported. Default 24 hours.
+    pub insights_min_history: Duration,
+    /// How long after a minute ends it is evaluated (late events of that minute still count).
+    /// Default 5 seconds.
+    pub insights_settle: Duration,
+    /// When Insights are first enabled, look for anomalies in the whole stored history instead
+    /// of from then on. Default false.
+    pub insights_backfill: bool,
 }
 
 /// Where one bucket lives, when it is not where the global settings put buckets.
@@ -134,6 +144,10 @@ impl Default for Settings {
             root_access_key_id: None,
             root_secret_access_key: None,
             insecure_no_auth: false,
+            insights_sensitivity: opentrail_insights::Sensitivity::Medium,
+            insights_min_history: Duration::from_secs(86_400),
+            insights_settle: Duration::from_secs(5),
+            insights_backfill: false,
         }
     }
 }
@@ -184,6 +198,15 @@ struct FileSettings {
     signing_key_rotation: Option<String>,
     master_key_file: Option<PathBuf>,
     insecure_no_auth: Option<bool>,
+    insights_sensitivity: Option<String>,
+    insights_min_history: Option<String>,
+    insights_settle: Option<String>,
+    insights_backfill: Option<bool>,
+}
+
+fn sensitivity(name: &str, s: &str) -> Result<opentrail_insights::Sensitivity, ConfigError> {
+    opentrail_insights::Sensitivity::parse(s)
+        .ok_or_else(|| invalid(name, format!("{s:?} is not low, medium or high")))
 }
 
 fn invalid(name: &str, message: impl Into<String>) -> ConfigError {
@@ -267,6 +290,18 @@ impl Settings {
             s.master_key_file = f.master_key_file.or(s.master_key_file);
             if let Some(v) = f.insecure_no_auth {
                 s.insecure_no_auth = v;
+            }
+            if let Some(v) = f.insights_sensitivity {
+                s.insights_sensitivity = sensitivity("insights_sensitivity", &v)?;
+            }
+            if let Some(v) = f.insights_min_history {
+                s.insights_min_history = duration("insights_min_history", &v)?;
+            }
+            if let Some(v) = f.insights_settle {
+                s.insights_settle = duration("insights_settle", &v)?;
+            }
+            if let Some(v) = f.insights_backfill {
+                s.insights_backfill = v;
             }
         }
         let get = |name: &str| {
@@ -384,6 +419,20 @@ impl Settings {
             s.insecure_no_auth = v
                 .parse()
                 .map_err(|_| invalid("OPENTRAIL_INSECURE_NO_AUTH", "must be true or false"))?;
+        }
+        if let Some(v) = get("insights_sensitivity") {
+            s.insights_sensitivity = sensitivity("OPENTRAIL_INSIGHTS_SENSITIVITY", v)?;
+        }
+        if let Some(v) = get("insights_min_history") {
+            s.insights_min_history = duration("OPENTRAIL_INSIGHTS_MIN_HISTORY", v)?;
+        }
+        if let Some(v) = get("insights_settle") {
+            s.insights_settle = duration("OPENTRAIL_INSIGHTS_SETTLE", v)?;
+        }
+        if let Some(v) = get("insights_backfill") {
+            s.insights_backfill = v
+                .parse()
+                .map_err(|_| invalid("OPENTRAIL_INSIGHTS_BACKFILL", "must be true or false"))?;
         }
         Ok(s)
     }
@@ -547,6 +596,9 @@ impl Settings {
         }
         if self.maintenance_interval.is_zero() {
             return Err(invalid("maintenance_interval", "must be more than zero"));
+        }
+        if self.insights_settle > Duration::from_secs(600) {
+            return Err(invalid("insights_settle", "must be at most 10m"));
         }
         if self.delivery_interval < Duration::from_millis(100) {
             return Err(invalid("delivery_interval", "must be at least 100ms"));

@@ -14,6 +14,7 @@ pub mod config;
 mod http;
 mod iam_api;
 mod ingest;
+mod insights;
 mod lookup;
 mod trails;
 mod views;
@@ -27,6 +28,7 @@ use axum::routing::{get, post};
 use opentrail_catalog::{Catalog, CatalogError};
 use opentrail_delivery::{Buckets, Deliverer, DeliveryConfig, Keyring};
 use opentrail_index::{HistoryIndex, IndexError};
+use opentrail_insights::{Counters, CountersError, Engine, EngineConfig, InsightsError};
 use opentrail_log::{EventLog, LogConfig, LogError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -52,6 +54,10 @@ pub enum ServerError {
     Delivery(String),
     #[error("access control: {0}")]
     Access(String),
+    #[error("insights counters: {0}")]
+    Counters(#[from] CountersError),
+    #[error("insights: {0}")]
+    Insights(#[from] InsightsError),
 }
 
 /// Shared state of the running server.
@@ -62,6 +68,8 @@ pub(crate) struct App {
     pub catalog: Arc<Catalog>,
     pub delivery: Arc<Deliverer>,
     pub access: access::Access,
+    pub counters: Counters,
+    pub insights: std::sync::Mutex<Engine>,
 }
 
 impl App {
@@ -84,22 +92,31 @@ pub async fn run(
     settings.validate()?;
     let data_dir = settings.data_dir.clone();
     let segment_bytes = settings.log_segment_bytes;
-    let (log, index, catalog) = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
-        std::fs::create_dir_all(&data_dir)?;
-        let mut log_config = LogConfig::new(data_dir.join("log"));
-        log_config.segment_bytes = segment_bytes;
-        let (log, report) = EventLog::open(log_config)?;
-        tracing::info!(
-            segments = report.segments,
-            next_seq = report.next_seq,
-            truncated_bytes = report.truncated_bytes,
-            "event log recovered"
-        );
-        let index = HistoryIndex::open(&data_dir.join("index"), log.clone())?;
-        let catalog = Catalog::open(&data_dir.join("catalog.db"))?;
-        Ok((log, index, catalog))
-    })
-    .await??;
+    let engine_config = EngineConfig {
+        sensitivity: settings.insights_sensitivity,
+        min_history_minutes: i64::try_from(settings.insights_min_history.as_secs() / 60)
+            .unwrap_or(i64::MAX),
+        backfill: settings.insights_backfill,
+    };
+    let (log, index, catalog, counters, engine) =
+        tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+            std::fs::create_dir_all(&data_dir)?;
+            let mut log_config = LogConfig::new(data_dir.join("log"));
+            log_config.segment_bytes = segment_bytes;
+            let (log, report) = EventLog::open(log_config)?;
+            tracing::info!(
+                segments = report.segments,
+                next_seq = report.next_seq,
+                truncated_bytes = report.truncated_bytes,
+                "event log recovered"
+            );
+            let index = HistoryIndex::open(&data_dir.join("index"), log.clone())?;
+            let catalog = Catalog::open(&data_dir.join("catalog.db"))?;
+            let counters = Counters::open(&data_dir.join("insights"), log.clone())?;
+            let engine = Engine::open(counters.clone(), log.clone(), engine_config)?;
+            Ok((log, index, catalog, counters, engine))
+        })
+        .await??;
     let catalog = Arc::new(catalog);
     let master = {
         let s = settings.clone();
@@ -150,6 +167,8 @@ pub async fn run(
         catalog,
         delivery: Arc::clone(&delivery),
         access,
+        counters: counters.clone(),
+        insights: std::sync::Mutex::new(engine),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -180,6 +199,7 @@ pub async fn run(
     }
     tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
         index.persist()?;
+        counters.persist()?;
         log.close();
         Ok(())
     })

@@ -105,7 +105,11 @@ fn trails_in_region(app: &App, ctx: &CallContext, all: Vec<Trail>, shadows: bool
 }
 
 /// Resolves a `Name` member (a name or an ARN) to a trail the caller can see.
-async fn resolve(app: &Arc<App>, ctx: &CallContext, name_or_arn: &str) -> Result<Trail, ApiError> {
+pub(crate) async fn resolve(
+    app: &Arc<App>,
+    ctx: &CallContext,
+    name_or_arn: &str,
+) -> Result<Trail, ApiError> {
     let arn = if name_or_arn.starts_with("arn:") {
         TrailArn::parse(name_or_arn).ok_or_else(|| {
             err(

@@ -16,6 +16,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub(crate) fn spawn(app: Arc<App>, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     vec![
         tokio::spawn(index_worker(Arc::clone(&app), stop.clone())),
+        tokio::spawn(crate::insights::worker(Arc::clone(&app), stop.clone())),
         tokio::spawn(maintenance(app, stop)),
     ]
 }
@@ -72,7 +73,20 @@ async fn maintenance(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 .index
                 .cursor()
                 .map_err(|e| e.to_string())?
-                .min(app2.delivery.retention_floor().map_err(|e| e.to_string())?);
+                .min(app2.delivery.retention_floor().map_err(|e| e.to_string())?)
+                .min(app2.counters.cursor().map_err(|e| e.to_string())?);
+            // Counts live as long as event history (ListInsightsMetricData); attributions
+            // as long as a baseline looks back (seven days), and a day more.
+            let counted = app2
+                .counters
+                .expire(
+                    cutoff.div_euclid(60_000),
+                    (App::now_ms() - 8 * 86_400_000).div_euclid(60_000),
+                )
+                .map_err(|e| e.to_string())?;
+            if counted > 0 {
+                tracing::debug!(entries = counted, "expired insights counters");
+            }
             let segments = app2
                 .log
                 .delete_segments(floor, cutoff)
