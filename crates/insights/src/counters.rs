@@ -700,6 +700,26 @@ mod tests {
     }
 
     #[test]
+    fn format_1_bytes_are_stable() {
+        // Counters format 1, byte for byte: a change here needs a new COUNTERS_FORMAT.
+        let mut b = [0u32; 60];
+        b[1] = 2;
+        b[2] = 300;
+        let enc = encode_block(&b);
+        assert_eq!(&enc[..5], &[0x00, 0x02, 0xac, 0x02, 0x00]);
+        assert_eq!(enc.len(), 61);
+        let mut m = MinuteAttrs::default();
+        m.bump(Attribute::UserAgent, "cli");
+        m.bump(Attribute::ErrorCode, "null");
+        m.bump(Attribute::ErrorCode, "null");
+        assert_eq!(
+            m.encode(),
+            [0, 1, 0, 3, b'c', b'l', b'i', 1, 1, 0, 4, b'n', b'u', b'l', b'l', 2]
+        );
+        assert_eq!(block_key(7, 1_000), [0, 0, 0, 7, 0, 0, 0x03, 0xe8]);
+    }
+
+    #[test]
     fn attributions_keep_the_frequent_values() {
         let mut m = MinuteAttrs::default();
         for _ in 0..50 {
