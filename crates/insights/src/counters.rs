@@ -714,7 +714,9 @@ mod tests {
         m.bump(Attribute::ErrorCode, "null");
         assert_eq!(
             m.encode(),
-            [0, 1, 0, 3, b'c', b'l', b'i', 1, 1, 0, 4, b'n', b'u', b'l', b'l', 2]
+            [
+                0, 1, 0, 3, b'c', b'l', b'i', 1, 1, 0, 4, b'n', b'u', b'l', b'l', 2
+            ]
         );
         assert_eq!(block_key(7, 1_000), [0, 0, 0, 7, 0, 0, 0x03, 0xe8]);
     }
