@@ -60,12 +60,17 @@ async fn index_worker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 
 async fn maintenance(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(app.settings.maintenance_interval);
+    // Expiring Insights counters walks their keys, so it runs once an hour, not every tick.
+    let mut counters_expired_hour = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {},
             _ = stop.changed() => return,
         }
         let app2 = Arc::clone(&app);
+        let hour = App::now_ms().div_euclid(3_600_000);
+        let expire_counters = counters_expired_hour != Some(hour);
+        counters_expired_hour = Some(hour);
         let done = tokio::task::spawn_blocking(move || -> Result<(usize, usize), String> {
             let cutoff = app2.retention_cutoff_ms();
             let days = app2.index.expire(cutoff).map_err(|e| e.to_string())?;
@@ -75,22 +80,24 @@ async fn maintenance(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 .map_err(|e| e.to_string())?
                 .min(app2.delivery.retention_floor().map_err(|e| e.to_string())?)
                 .min(app2.counters.cursor().map_err(|e| e.to_string())?);
-            // Counts live as long as event history (ListInsightsMetricData); attributions
-            // as long as a baseline looks back (seven days), and a day more.
-            let counted = app2
-                .counters
-                .expire(
-                    cutoff.div_euclid(60_000),
-                    (App::now_ms() - 8 * 86_400_000).div_euclid(60_000),
-                )
-                .map_err(|e| e.to_string())?;
-            if counted > 0 {
-                tracing::debug!(entries = counted, "expired insights counters");
-            }
             let segments = app2
                 .log
                 .delete_segments(floor, cutoff)
                 .map_err(|e| e.to_string())?;
+            // Counts live as long as event history (ListInsightsMetricData); attributions
+            // as long as a baseline looks back (seven days), and a day more.
+            if expire_counters {
+                let counted = app2
+                    .counters
+                    .expire(
+                        cutoff.div_euclid(60_000),
+                        (App::now_ms() - 8 * 86_400_000).div_euclid(60_000),
+                    )
+                    .map_err(|e| e.to_string())?;
+                if counted > 0 {
+                    tracing::debug!(entries = counted, "expired insights counters");
+                }
+            }
             Ok((days, segments))
         })
         .await;
