@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use opentrail_insights::detector::{
-    MINUTES_PER_DAY, MINUTES_PER_HOUR, Params, Runner, Sensitivity, Transition,
+    HISTORY, MINUTES_PER_DAY, MINUTES_PER_HOUR, Params, Runner, Sensitivity, Transition,
 };
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Binomial, Distribution, Gamma, Poisson};
@@ -282,6 +282,12 @@ fn generate(seed: u64, n_apis: usize, weeks: i64) -> Scenario {
     }
 }
 
+/// A detector under evaluation: ours with its parameters, or the simple baseline at `k`σ.
+enum Detector {
+    Ours(Params),
+    Simple(f64),
+}
+
 /// A detection: the minute the Start was decided, and the episode's first minute.
 #[derive(Clone, Copy)]
 struct Detection {
@@ -299,18 +305,18 @@ fn run_ours(series: &[u32], calls: Option<&[u32]>, from: i64, params: &Params) -
             runner.learn(lo, hour, &series[a..b], calls.map(|c| &c[a..b]));
         }
         let i = t as usize;
-        let x = [series[i - 2], series[i - 1], series[i]];
-        let cx = calls.map(|c| [c[i - 2], c[i - 1], c[i]]);
-        if let Some(Transition::Start { .. }) = runner.step(t, x, cx, params) {
+        let a = (i + 1).saturating_sub(HISTORY);
+        let cx = calls.map(|c| &c[a..=i]);
+        if let Some(Transition::Start { .. }) = runner.step(t, &series[a..=i], cx, params) {
             out.push(Detection { decided: t });
         }
     }
     out
 }
 
-/// The simple baseline: Start when a minute exceeds the trailing hour's mean + 3σ; End after
+/// The simple baseline: Start when a minute exceeds the trailing hour's mean + `k`σ; End after
 /// five minutes back under it.
-fn run_simple(series: &[u32], from: i64) -> Vec<Detection> {
+fn run_simple(series: &[u32], from: i64, k: f64) -> Vec<Detection> {
     let mut out = Vec::new();
     let (mut active, mut calm) = (false, 0);
     let w = MINUTES_PER_HOUR as usize;
@@ -320,7 +326,7 @@ fn run_simple(series: &[u32], from: i64) -> Vec<Detection> {
         if i >= w {
             let mean = sum / w as f64;
             let sd = (sq / w as f64 - mean * mean).max(0.0).sqrt();
-            let over = x > mean + 3.0 * sd;
+            let over = x > mean + k * sd;
             if i as i64 >= from {
                 if !active && over {
                     active = true;
@@ -355,10 +361,14 @@ struct Score {
     spike_traps: usize,
     fp_by_kind: BTreeMap<String, usize>,
     bursts: BTreeMap<(u32, i64), (usize, usize)>,
+    /// False Insights by week of the run.
+    fp_by_week: BTreeMap<i64, usize>,
+    /// Missed anomalies by kind of API, kind of anomaly, factor and length.
+    missed: BTreeMap<String, usize>,
 }
 
 /// Scores detections of one series against the truths that series should report.
-fn score(s: &mut Score, dets: &[Detection], truths: &[&Truth], traps: &[&Truth]) {
+fn score(s: &mut Score, api: Kind, dets: &[Detection], truths: &[&Truth], traps: &[&Truth]) {
     s.detections += dets.len();
     let slack = SLACK;
     let mut fp = 0;
@@ -368,6 +378,9 @@ fn score(s: &mut Score, dets: &[Detection], truths: &[&Truth], traps: &[&Truth])
             .any(|t| d.decided >= t.start && d.decided < t.end + slack);
         if !hit {
             fp += 1;
+            *s.fp_by_week
+                .entry(d.decided / (7 * MINUTES_PER_DAY))
+                .or_default() += 1;
             if traps
                 .iter()
                 .any(|t| d.decided >= t.start && d.decided < t.end + slack)
@@ -392,6 +405,11 @@ fn score(s: &mut Score, dets: &[Detection], truths: &[&Truth], traps: &[&Truth])
             let e = s.bursts.entry((factor as u32, minutes)).or_default();
             e.1 += 1;
             e.0 += usize::from(first.is_some());
+        }
+        if first.is_none() {
+            *s.missed
+                .entry(format!("{api:?} {:?}", t.anomaly))
+                .or_default() += 1;
         }
         if let Some(d) = first {
             e.0 += 1;
@@ -432,14 +450,33 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
         sc.truth.len(),
         started.elapsed().as_secs_f64()
     );
-    let detectors: Vec<(String, Option<Params>)> = vec![
-        ("OpenTrail, low".into(), Some(Sensitivity::Low.params())),
+    // The simple baseline at 3σ is the reference; at 6σ and 10σ it shows what its recall is
+    // worth at fewer false Insights (the same trade our sensitivity settings make).
+    let detectors: Vec<(String, Detector)> = vec![
+        (
+            "OpenTrail, low".into(),
+            Detector::Ours(Sensitivity::Low.params()),
+        ),
         (
             "OpenTrail, medium (default)".into(),
-            Some(Sensitivity::Medium.params()),
+            Detector::Ours(Sensitivity::Medium.params()),
         ),
-        ("OpenTrail, high".into(), Some(Sensitivity::High.params())),
-        ("mean + 3σ of the trailing hour".into(), None),
+        (
+            "OpenTrail, high".into(),
+            Detector::Ours(Sensitivity::High.params()),
+        ),
+        (
+            "mean + 3σ of the trailing hour".into(),
+            Detector::Simple(3.0),
+        ),
+        (
+            "mean + 6σ of the trailing hour".into(),
+            Detector::Simple(6.0),
+        ),
+        (
+            "mean + 10σ of the trailing hour".into(),
+            Detector::Simple(10.0),
+        ),
     ];
     let mut detectors = detectors;
     if let Ok(v) = std::env::var("OPENTRAIL_INSIGHTS_TRY") {
@@ -449,7 +486,7 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
             if let [k, z, margin, min_excess, rank] = f[..] {
                 detectors.push((
                     format!("try {spec}"),
-                    Some(Params {
+                    Detector::Ours(Params {
                         k,
                         z,
                         margin,
@@ -466,7 +503,7 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut per_kind: Vec<(String, Found)> = Vec::new();
-    for (name, params) in &detectors {
+    for (name, detector) in &detectors {
         let t0 = Instant::now();
         let mut s = Score::default();
         for (i, _) in sc.apis.iter().enumerate() {
@@ -480,9 +517,9 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
             // error storms add calls too, so a call-rate Insight there is not false.
             let call_truths = of(&|a| !matches!(a, Anomaly::ErrorStorm { .. }));
             let call_extra = of(&|a| matches!(a, Anomaly::ErrorStorm { .. }));
-            let dets = match params {
-                Some(p) => run_ours(&sc.calls[i], None, sc.eval_from, p),
-                None => run_simple(&sc.calls[i], sc.eval_from),
+            let dets = match detector {
+                Detector::Ours(p) => run_ours(&sc.calls[i], None, sc.eval_from, p),
+                Detector::Simple(k) => run_simple(&sc.calls[i], sc.eval_from, *k),
             };
             // Error storms counted on the call series would inflate recall: drop detections
             // they explain before scoring.
@@ -495,16 +532,16 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
                 })
                 .collect();
             let before = s.false_positives;
-            score(&mut s, &dets, &call_truths, &[]);
+            score(&mut s, sc.apis[i].kind, &dets, &call_truths, &[]);
             *s.fp_by_kind
                 .entry(format!("{:?} calls", sc.apis[i].kind))
                 .or_default() += s.false_positives - before;
             // Error series: only error storms; traffic spikes are traps.
             let err_truths = of(&|a| matches!(a, Anomaly::ErrorStorm { .. }));
             let traps = of(&|a| matches!(a, Anomaly::TrafficSpike { .. }));
-            let dets = match params {
-                Some(p) => run_ours(&sc.errors[i], Some(&sc.calls[i]), sc.eval_from, p),
-                None => run_simple(&sc.errors[i], sc.eval_from),
+            let dets = match detector {
+                Detector::Ours(p) => run_ours(&sc.errors[i], Some(&sc.calls[i]), sc.eval_from, p),
+                Detector::Simple(k) => run_simple(&sc.errors[i], sc.eval_from, *k),
             };
             let dets: Vec<Detection> = dets
                 .into_iter()
@@ -517,7 +554,7 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
                 })
                 .collect();
             let before = s.false_positives;
-            score(&mut s, &dets, &err_truths, &traps);
+            score(&mut s, sc.apis[i].kind, &dets, &err_truths, &traps);
             *s.fp_by_kind
                 .entry(format!("{:?} errors", sc.apis[i].kind))
                 .or_default() += s.false_positives - before;
@@ -547,10 +584,14 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
         );
         if std::env::var_os("OPENTRAIL_INSIGHTS_DEBUG").is_some() {
             println!("    false by kind: {:?}", s.fp_by_kind);
+            println!("    false by week: {:?}", s.fp_by_week);
             println!(
                 "    bursts (factor, minutes) -> found/total: {:?}",
                 s.bursts
             );
+            for (what, n) in &s.missed {
+                println!("    missed {n}: {what}");
+            }
         }
         per_kind.push((name.clone(), s.found));
     }

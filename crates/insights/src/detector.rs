@@ -8,18 +8,19 @@
 //!    earlier when there is one (weekly cycles: a busy Monday morning is not measured against a
 //!    quiet Sunday). Within an hour the rate is interpolated between hour centres, and it never
 //!    drops below a floor (a tenth of the overall mean, at least one call a day).
-//! 2. **Excess.** Each minute, the excess of the last three minutes' count over their expected
-//!    count.
-//! 3. **Threshold.** The excess must reach the largest of: a ratio term (`k - 1` times the
-//!    expected count: "k times the normal rate"), a noise term (`z` standard deviations of an
-//!    over-dispersed Poisson count, the dispersion learned from the residuals), a calibration
-//!    term (the series' own normal peaks: `margin` times the second largest daily maximum excess
-//!    of the trailing days, so a quiet API that is called in clumps of ten once a day does not
+//! 2. **Excess.** Each minute, the excess over their expected count of the windows of the last
+//!    1, 3, 15 and 60 minutes.
+//! 3. **Threshold.** One window's excess must reach the largest of: a ratio term (`k - 1` times
+//!    the expected count: "k times the normal rate"), a noise term (`z` standard deviations of
+//!    an over-dispersed Poisson count, the dispersion learned from the residuals), a
+//!    calibration term (`margin` times the window's normal peak: the level its daily maximum
+//!    excess reaches once or twice a week, extrapolated along a Gumbel tail while the history
+//!    is shorter than that, so a quiet API that is called in clumps of ten once a day does not
 //!    alarm on its daily clump), and an absolute minimum of calls.
-//! 4. **Hysteresis.** An episode starts when the excess reaches the threshold and ends only
-//!    after `cooldown` minutes in which no minute was "hot" (a minute is hot when its own excess
-//!    reaches `end_fraction` of a third of the threshold). So one burst gives one Start and one
-//!    End, and a burst with short gaps stays one episode.
+//! 4. **Hysteresis.** An episode starts when a window reaches its threshold and ends only after
+//!    `cooldown` minutes without a "hot" minute (one where the 1-, 3- or 15-minute window is at
+//!    `end_fraction` of its threshold) and once no window is. So one burst gives one Start and
+//!    one End, and a burst with short gaps stays one episode.
 //!
 //! For error-rate series the caller raises the expected error count to the baseline error ratio
 //! times the current call count, so a traffic spike with the usual share of errors is not an
@@ -31,8 +32,16 @@ pub const MINUTES_PER_HOUR: i64 = 60;
 pub const MINUTES_PER_DAY: i64 = 1440;
 /// The trailing window a baseline is learned from: seven days.
 pub const BASELINE_MINUTES: i64 = 7 * MINUTES_PER_DAY;
-/// The window the excess is measured over, in minutes.
-pub const WINDOW: usize = 3;
+/// The windows the excess is measured over, in minutes: one minute catches sharp spikes at
+/// once, three minutes short bursts, and fifteen and sixty minutes sustained moderate rises
+/// (a quiet API called a few times a minute for an hour) that no short window can tell from
+/// its normal clumps.
+pub const WINDOWS: [usize; 4] = [1, 3, 15, 60];
+/// The longest window: how many trailing minutes [`Runner::step`] wants.
+pub const HISTORY: usize = 60;
+/// The windows whose excess keeps a minute "hot" (the sixty-minute window lags too far behind
+/// the end of an anomaly to say when it ended).
+const HOT_WINDOWS: usize = 3;
 
 /// How eager the detector is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -68,17 +77,14 @@ impl Sensitivity {
             Self::Low => Params {
                 k: 3.0,
                 z: 5.0,
-                margin: 1.5,
+                margin: 2.0,
                 min_excess: 8.0,
                 peak_rank: 0,
                 ..Params::default()
             },
             Self::Medium => Params::default(),
             Self::High => Params {
-                k: 1.75,
-                z: 4.0,
-                margin: 1.0,
-                min_excess: 4.0,
+                margin: 1.25,
                 ..Params::default()
             },
         }
@@ -96,7 +102,7 @@ pub struct Params {
     pub margin: f64,
     /// ... and to exceed the expected count by at least this many calls.
     pub min_excess: f64,
-    /// A minute is hot when its excess reaches this fraction of a third of the threshold.
+    /// A minute is hot when a short window's excess reaches this fraction of its threshold.
     pub end_fraction: f64,
     /// Minutes without a hot minute before an episode ends.
     pub cooldown: i64,
@@ -107,10 +113,10 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Self {
         Self {
-            k: 2.0,
-            z: 5.0,
-            margin: 1.25,
-            min_excess: 6.0,
+            k: 1.75,
+            z: 4.0,
+            margin: 1.5,
+            min_excess: 4.0,
             end_fraction: 0.5,
             cooldown: 5,
             peak_rank: 1,
@@ -136,9 +142,9 @@ pub struct Baseline {
     pub mean: f64,
     /// Residual variance over expected count (at least 1).
     pub dispersion: f64,
-    /// The calibration terms: the daily maxima of the 1-minute and of the 3-minute excess over
-    /// the usable history, in units of `sqrt(expected + 1)`, largest first.
-    pub daily_peaks: [Vec<f64>; 2],
+    /// The calibration terms: for each of [`WINDOWS`], the daily maxima of the window's excess
+    /// over the usable history, in units of `sqrt(expected + 1)`, largest first.
+    pub daily_peaks: [Vec<f64>; WINDOWS.len()],
     /// Usable minutes learned from.
     pub minutes: i64,
     /// Calls counted over the usable minutes.
@@ -212,7 +218,7 @@ impl Baseline {
             floor: (mean * 0.1).max(1.0 / MINUTES_PER_DAY as f64),
             mean,
             dispersion: 1.0,
-            daily_peaks: [Vec::new(), Vec::new()],
+            daily_peaks: Default::default(),
             minutes,
             total,
         };
@@ -235,16 +241,26 @@ impl Baseline {
         if mu_sum > 0.0 {
             b.dispersion = (sq / mu_sum).clamp(1.0, 1.0e6);
         }
-        // Daily maxima of the 1- and 3-minute excess, days counted back from `until`.
-        for (slot, w) in [(0usize, 1usize), (1, WINDOW)] {
+        // Daily maxima of each window's excess, days counted back from `until`. Prefix sums
+        // of counts, expected counts and unusable minutes make every window O(1).
+        let n = counts.len();
+        let mut pc = vec![0.0f64; n + 1];
+        let mut pe = vec![0.0f64; n + 1];
+        let mut pu = vec![0u32; n + 1];
+        for i in 0..n {
+            pc[i + 1] = pc[i] + f64::from(counts[i]);
+            pe[i + 1] = pe[i] + expected[i];
+            pu[i + 1] = pu[i] + u32::from(!minute_usable[lead + i]);
+        }
+        for (slot, w) in WINDOWS.iter().copied().enumerate() {
             let mut daily: Vec<f64> = Vec::new();
             let mut day_max = f64::NEG_INFINITY;
             let mut day_len = 0i64;
-            for i in (w - 1..counts.len()).rev() {
-                let window = i + 1 - w..=i;
-                if window.clone().all(|j| minute_usable[lead + j]) {
-                    let x: f64 = window.clone().map(|j| f64::from(counts[j])).sum();
-                    let mu: f64 = window.map(|j| expected[j]).sum();
+            for i in (w.saturating_sub(1)..n).rev() {
+                let a = i + 1 - w;
+                if pu[i + 1] == pu[a] {
+                    let x = pc[i + 1] - pc[a];
+                    let mu = pe[i + 1] - pe[a];
                     day_max = day_max.max((x - mu) / (mu + 1.0).sqrt());
                 }
                 day_len += 1;
@@ -319,24 +335,45 @@ impl Baseline {
         (here * (1.0 - w) + other * w).max(self.floor)
     }
 
-    /// The series' normal peak excess over `window` minutes (1 or 3): the daily maximum of
-    /// rank `p.peak_rank` (0: the largest).
-    pub fn normal_peak(&self, window: usize, p: &Params) -> f64 {
-        let peaks = &self.daily_peaks[usize::from(window != 1)];
-        peaks
-            .get(p.peak_rank)
-            .or(peaks.last())
-            .copied()
-            .unwrap_or(0.0)
-            .max(0.0)
+    /// The series' normal peak excess over the window `WINDOWS[slot]`: the level its daily
+    /// maxima reach once every `7 / (peak_rank + 1)` days (the largest day of a full week for
+    /// rank 0, the second largest for rank 1).
+    ///
+    /// A young history has fewer days than that return period, and the largest of a few days
+    /// underestimates it, so the level is extrapolated along a Gumbel tail (the usual law of
+    /// maxima): `+ b·ln(period / days)`, with the scale `b` from the spread of the daily maxima
+    /// (`σ·√6/π`), at least a quarter of the largest.
+    pub fn normal_peak(&self, slot: usize, p: &Params) -> f64 {
+        let Some(peaks) = self.daily_peaks.get(slot) else {
+            return 0.0;
+        };
+        let days = peaks.len();
+        if days == 0 {
+            return 0.0;
+        }
+        let period = 7.0 / (p.peak_rank as f64 + 1.0);
+        // The k-th largest of `days` maxima is about the once-in-`days / (k + 1)` level.
+        let k = ((days as f64 / period).floor() as usize)
+            .saturating_sub(1)
+            .min(days - 1);
+        let level = peaks[k].max(0.0);
+        let covered = days as f64 / (k as f64 + 1.0);
+        if covered >= period {
+            return level;
+        }
+        let n = days as f64;
+        let mean = peaks.iter().sum::<f64>() / n;
+        let var = peaks.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+        let b = (var.sqrt() * 6f64.sqrt() / std::f64::consts::PI).max(0.25 * peaks[0].max(0.0));
+        level + b * (period / covered).ln()
     }
 
-    /// The excess a window of `window` minutes (1 or 3) expecting `expected` calls must reach
-    /// to start an episode.
-    pub fn threshold(&self, expected: f64, window: usize, p: &Params) -> f64 {
+    /// The excess the window `WINDOWS[slot]`, expecting `expected` calls, must reach to start
+    /// an episode.
+    pub fn threshold(&self, expected: f64, slot: usize, p: &Params) -> f64 {
         ((p.k - 1.0) * expected)
             .max(p.z * (self.dispersion * expected).sqrt())
-            .max(p.margin * self.normal_peak(window, p) * (expected + 1.0).sqrt())
+            .max(p.margin * self.normal_peak(slot, p) * (expected + 1.0).sqrt())
             .max(p.min_excess)
     }
 }
@@ -371,33 +408,79 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Steps to minute `t`: `x` are the counts of minutes `t-2, t-1, t`, `mu` their expected
-    /// counts, `baseline` the series' learned baseline.
+    /// Steps to minute `t`: `x` are the counts of the minutes up to and including `t` (the
+    /// last [`HISTORY`] of them; fewer early in a history), `mu` their expected counts,
+    /// `baseline` the series' learned baseline.
     pub fn step(
         &mut self,
         t: i64,
-        x: [u32; WINDOW],
-        mu: [f64; WINDOW],
+        x: &[u32],
+        mu: &[f64],
         baseline: &Baseline,
         p: &Params,
     ) -> Option<Transition> {
-        let sum_x: f64 = x.iter().map(|c| f64::from(*c)).sum();
-        let sum_mu: f64 = mu.iter().sum();
-        let threshold = baseline.threshold(sum_mu, WINDOW, p);
-        let one = |i: usize| baseline.threshold(mu[i], 1, p);
-        let hot = |i: usize| f64::from(x[i]) - mu[i] >= p.end_fraction * one(i);
-        let last = WINDOW - 1;
+        let n = x.len().min(mu.len());
+        if n == 0 {
+            return None;
+        }
+        let (x, mu) = (&x[x.len() - n..], &mu[mu.len() - n..]);
+        // Each window's excess over its threshold, for the windows the history covers.
+        let mut excess = [0.0f64; WINDOWS.len()];
+        let mut threshold = [f64::INFINITY; WINDOWS.len()];
+        let (mut sum_x, mut sum_mu, mut covered) = (0.0f64, 0.0f64, 0usize);
+        for slot in 0..WINDOWS.len() {
+            let w = WINDOWS[slot];
+            if w > n {
+                break;
+            }
+            for i in n - w..n - covered {
+                sum_x += f64::from(x[i]);
+                sum_mu += mu[i];
+            }
+            covered = w;
+            excess[slot] = sum_x - sum_mu;
+            threshold[slot] = baseline.threshold(sum_mu, slot, p);
+        }
+        let over = |slot: usize, fraction: f64| excess[slot] >= fraction * threshold[slot];
+        // A minute is hot when a short window is at `end_fraction` of its threshold; it then
+        // stretches the episode to the window's last minute above its expected count.
+        let hot_until = (0..HOT_WINDOWS)
+            .filter(|s| over(*s, p.end_fraction))
+            .map(|s| {
+                let w = WINDOWS[s].min(n);
+                (n - w..n)
+                    .rev()
+                    .find(|i| f64::from(x[*i]) > mu[*i])
+                    .map_or(t, |i| t - (n - 1 - i) as i64)
+            })
+            .max();
         match &mut self.active {
             None => {
-                let sustained = sum_x - sum_mu >= threshold;
-                let sudden = f64::from(x[last]) - mu[last] >= one(last);
-                if !sustained && !sudden {
-                    return None;
-                }
-                let first_hot = (0..WINDOW).find(|i| hot(*i)).unwrap_or(WINDOW - 1);
-                let start = t - (WINDOW - 1 - first_hot) as i64;
+                let slot = (0..WINDOWS.len()).find(|s| over(*s, 1.0))?;
+                let w = WINDOWS[slot].min(n);
+                let first = if w <= 3 {
+                    // A short burst starts at the first minute that is hot on its own.
+                    (n - w..n)
+                        .find(|i| {
+                            f64::from(x[*i]) - mu[*i]
+                                >= p.end_fraction * baseline.threshold(mu[*i], 0, p)
+                        })
+                        .unwrap_or(n - 1)
+                } else {
+                    // A sustained rise starts where the window's largest suffix excess does.
+                    let (mut best, mut at, mut acc) = (f64::NEG_INFINITY, n - 1, 0.0);
+                    for i in (n - w..n).rev() {
+                        acc += f64::from(x[i]) - mu[i];
+                        if acc > best {
+                            best = acc;
+                            at = i;
+                        }
+                    }
+                    at
+                };
+                let start = t - (n - 1 - first) as i64;
                 let (mut calls, mut expected) = (0.0, 0.0);
-                for i in first_hot..WINDOW {
+                for i in first..n {
                     calls += f64::from(x[i]);
                     expected += mu[i];
                 }
@@ -411,13 +494,13 @@ impl Tracker {
                 Some(Transition::Start { start })
             }
             Some(ep) => {
-                ep.calls += f64::from(x[WINDOW - 1]);
-                ep.expected += mu[WINDOW - 1];
-                if hot(WINDOW - 1) {
-                    ep.last_hot = t;
-                    return None;
+                ep.calls += f64::from(x[n - 1]);
+                ep.expected += mu[n - 1];
+                if let Some(h) = hot_until {
+                    ep.last_hot = ep.last_hot.max(h);
                 }
-                if t - ep.last_hot < p.cooldown || sum_x - sum_mu >= p.end_fraction * threshold {
+                let elevated = (0..WINDOWS.len()).any(|s| over(s, p.end_fraction));
+                if t - ep.last_hot < p.cooldown || elevated {
                     return None;
                 }
                 let (start, end) = (ep.start, ep.last_hot + 1);
@@ -520,25 +603,29 @@ impl Runner {
     }
 
     /// Steps to minute `t` (after [`Runner::learn`] when [`Runner::needs`] said so): `x` are
-    /// the counts of `t-2..=t`, `calls` their API's call counts for an error series.
+    /// the counts of the minutes up to and including `t` (up to [`HISTORY`] of them), `calls`
+    /// the same minutes' call counts of its API for an error series.
     pub fn step(
         &mut self,
         t: i64,
-        x: [u32; WINDOW],
-        calls: Option<[u32; WINDOW]>,
+        x: &[u32],
+        calls: Option<&[u32]>,
         p: &Params,
     ) -> Option<Transition> {
         let l = self.learned.as_ref()?;
-        let mut mu = [0.0; WINDOW];
-        for (i, m) in mu.iter_mut().enumerate() {
-            let at = t - (WINDOW - 1 - i) as i64;
-            let base = l.baseline.expected(at);
-            *m = match (l.error_ratio, calls) {
-                (Some(r), Some(c)) => base.max(r * f64::from(c[i])),
-                _ => base,
-            };
-        }
-        let tr = self.tracker.step(t, x, mu, &l.baseline, p);
+        let x = &x[x.len().saturating_sub(HISTORY)..];
+        let first = t + 1 - x.len() as i64;
+        let calls = calls.map(|c| &c[c.len().saturating_sub(x.len())..]);
+        let mu: Vec<f64> = (0..x.len())
+            .map(|i| {
+                let base = l.baseline.expected(first + i as i64);
+                match (l.error_ratio, calls.and_then(|c| c.get(i))) {
+                    (Some(r), Some(c)) => base.max(r * f64::from(*c)),
+                    _ => base,
+                }
+            })
+            .collect();
+        let tr = self.tracker.step(t, x, &mu, &l.baseline, p);
         if let Some(Transition::End { start, end }) = tr {
             self.recent.push((start, end));
             self.recent
@@ -561,15 +648,14 @@ mod tests {
     fn run(baseline: &Baseline, t0: i64, series: &[u32], p: &Params) -> Vec<(i64, Transition)> {
         let mut tr = Tracker::default();
         let mut out = Vec::new();
-        for i in 2..series.len() {
+        for i in 0..series.len() {
             let t = t0 + i as i64;
-            let x = [series[i - 2], series[i - 1], series[i]];
-            let mu = [
-                baseline.expected(t - 2),
-                baseline.expected(t - 1),
-                baseline.expected(t),
-            ];
-            if let Some(tr) = tr.step(t, x, mu, baseline, p) {
+            let from = (i + 1).saturating_sub(HISTORY);
+            let x = &series[from..=i];
+            let mu: Vec<f64> = (from..=i)
+                .map(|j| baseline.expected(t0 + j as i64))
+                .collect();
+            if let Some(tr) = tr.step(t, x, &mu, baseline, p) {
                 out.push((t, tr));
             }
         }
@@ -585,7 +671,7 @@ mod tests {
         assert_eq!(b.minutes, 7 * MINUTES_PER_DAY);
         // Residuals are zero: dispersion stays at its floor of 1, no normal peak.
         assert!((b.dispersion - 1.0).abs() < 1e-9);
-        assert!(b.normal_peak(3, &Params::default()).abs() < 1e-9);
+        assert!(b.normal_peak(1, &Params::default()).abs() < 1e-9);
     }
 
     #[test]
@@ -648,7 +734,7 @@ mod tests {
             counts[(d * MINUTES_PER_DAY + 100 + d * 97) as usize] = 8;
         }
         let b = Baseline::learn(0, &counts, |_| true);
-        assert!(b.normal_peak(1, &Params::default()) >= 7.0);
+        assert!(b.normal_peak(0, &Params::default()) >= 7.0);
         let t0 = 7 * MINUTES_PER_DAY;
         let mut s = vec![0u32; 120];
         s[50] = 8;
@@ -665,6 +751,52 @@ mod tests {
     }
 
     #[test]
+    fn a_young_history_extrapolates_its_normal_peak() {
+        // The same daily flurry seen for one day and for seven: one day's peak is a weaker
+        // estimate of the weekly one, so it is extrapolated upwards.
+        let day = |d: i64| -> Vec<u32> {
+            let mut v = vec![10u32; MINUTES_PER_DAY as usize];
+            v[600] = 30 + d as u32;
+            v
+        };
+        let week: Vec<u32> = (0..7).flat_map(day).collect();
+        let p = Params::default();
+        let old = Baseline::learn(0, &week, |_| true);
+        let young = Baseline::learn(0, &day(0), |_| true);
+        assert_eq!(old.daily_peaks[0].len(), 7);
+        assert_eq!(young.daily_peaks[0].len(), 1);
+        assert!(young.normal_peak(0, &p) > young.daily_peaks[0][0] * 1.2);
+        // A full week at rank 1 is its second largest day.
+        assert!((old.normal_peak(0, &p) - old.daily_peaks[0][1]).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_quiet_rise_over_an_hour_is_found_by_the_long_window() {
+        // Called in a clump of up to 8 once a day; then 2 calls a minute for an hour: no minute
+        // and no three minutes beat its clumps, the hour does.
+        let mut counts = flat(7, 0);
+        for d in 0..7 {
+            counts[(d * MINUTES_PER_DAY + 100 + d * 97) as usize] = 4 + d as u32 % 5;
+        }
+        let b = Baseline::learn(0, &counts, |_| true);
+        let t0 = 7 * MINUTES_PER_DAY;
+        let mut s = vec![0u32; 240];
+        for c in &mut s[60..120] {
+            *c = 2;
+        }
+        let out = run(&b, t0, &s, &Params::default());
+        assert!(
+            matches!(out.first(), Some((t, Transition::Start { start })) if *t < t0 + 80 && *start >= t0 + 55 && *start <= t0 + 62),
+            "{out:?}"
+        );
+        assert!(
+            matches!(out.get(1), Some((_, Transition::End { end, .. })) if (t0 + 119..=t0 + 122).contains(end)),
+            "{out:?}"
+        );
+        assert_eq!(out.len(), 2, "one episode: {out:?}");
+    }
+
+    #[test]
     fn excluded_minutes_do_not_shape_the_baseline() {
         let mut counts = flat(7, 10);
         // An earlier anomaly at the same clock hour on one day.
@@ -674,15 +806,31 @@ mod tests {
         let excluded = 6 * MINUTES_PER_DAY..6 * MINUTES_PER_DAY + 120;
         let b = Baseline::learn(0, &counts, |m| !excluded.contains(&m));
         assert!((b.expected(7 * MINUTES_PER_DAY + 30) - 10.0).abs() < 1e-9);
-        assert!(b.normal_peak(3, &Params::default()).abs() < 1e-9);
+        assert!(b.normal_peak(1, &Params::default()).abs() < 1e-9);
     }
 
     #[test]
     fn sensitivity_orders_thresholds() {
-        let b = Baseline::learn(0, &flat(7, 10), |_| true);
-        let t = |s: Sensitivity| b.threshold(30.0, 3, &s.params());
-        assert!(t(Sensitivity::High) < t(Sensitivity::Medium));
-        assert!(t(Sensitivity::Medium) < t(Sensitivity::Low));
+        // Ten calls a minute with a daily flurry: the calibration term decides.
+        let mut counts = flat(7, 10);
+        for d in 0..7 {
+            for m in 0..3 {
+                counts[(d * MINUTES_PER_DAY + 600 + d * 7 + m) as usize] = 25 + d as u32;
+            }
+        }
+        let b = Baseline::learn(0, &counts, |_| true);
+        for (slot, w) in WINDOWS.iter().enumerate() {
+            let t = |s: Sensitivity| b.threshold(10.0 * *w as f64, slot, &s.params());
+            let (high, medium, low) = (
+                t(Sensitivity::High),
+                t(Sensitivity::Medium),
+                t(Sensitivity::Low),
+            );
+            assert!(high <= medium && medium < low, "{w}: {high} {medium} {low}");
+            if *w <= 3 {
+                assert!(high < medium, "{w}: {high} {medium}");
+            }
+        }
         assert_eq!(Sensitivity::parse("HIGH"), Some(Sensitivity::High));
         assert_eq!(Sensitivity::parse("extreme"), None);
     }

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 pub use counters::{
     Attribute, Attributions, Counters, CountersError, SeriesInfo, SeriesKey, SourceCategory,
 };
-use detector::{BASELINE_MINUTES, MINUTES_PER_HOUR, Params, Runner, Transition};
+use detector::{BASELINE_MINUTES, HISTORY, MINUTES_PER_HOUR, Params, Runner, Transition};
 pub use detector::{Episode, Sensitivity};
 
 /// The `eventVersion` of the Insights records we write (what CloudTrail writes today).
@@ -271,15 +271,17 @@ impl Engine {
             if first_eval >= watermark {
                 continue;
             }
-            let counts = self.counters.counts(id, first_eval - 2, watermark)?;
+            let lead = HISTORY as i64 - 1;
+            let counts = self.counters.counts(id, first_eval - lead, watermark)?;
             let calls = match (&info.key.error_code, kind) {
                 (Some(_), InsightType::ApiErrorRateInsight) => {
                     let mut k = info.key.clone();
                     k.error_code = None;
                     match calls_ids.get(&k) {
-                        Some(cid) => {
-                            Some((*cid, self.counters.counts(*cid, first_eval - 2, watermark)?))
-                        }
+                        Some(cid) => Some((
+                            *cid,
+                            self.counters.counts(*cid, first_eval - lead, watermark)?,
+                        )),
                         None => None,
                     }
                 }
@@ -287,7 +289,7 @@ impl Engine {
             };
             let runner = self.state.series.entry(id).or_default();
             for t in first_eval..watermark {
-                let i = usize::try_from(t - first_eval + 2).unwrap_or(0);
+                let i = usize::try_from(t - first_eval + lead).unwrap_or(0);
                 if let Some((from, hour)) = runner.needs(t, born) {
                     let window = self.counters.counts(id, from, hour)?;
                     let calls_window = match &calls {
@@ -296,9 +298,9 @@ impl Engine {
                     };
                     runner.learn(from, hour, &window, calls_window.as_deref());
                 }
-                let x = [counts[i - 2], counts[i - 1], counts[i]];
-                let cx = calls.as_ref().map(|(_, c)| [c[i - 2], c[i - 1], c[i]]);
-                match runner.step(t, x, cx, &self.params) {
+                let a = (i + 1).saturating_sub(HISTORY);
+                let cx = calls.as_ref().map(|(_, c)| &c[a..=i]);
+                match runner.step(t, &counts[a..=i], cx, &self.params) {
                     Some(Transition::Start { start }) => {
                         report.starts += 1;
                         if let Some(ep) = runner.tracker.active.clone() {
