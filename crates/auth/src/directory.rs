@@ -36,14 +36,14 @@ pub const MANAGED_ARN_PREFIX: &str = "arn:aws:iam::aws:policy/";
 pub const MANAGED_POLICIES: [(&str, &str, &str); 3] = [
     (
         "OpenTrailFullAccess",
-        "Full access to OpenTrail: trails, logging, event history, ingest and trail files.",
+        "Full access to OpenTrail: trails, logging, event history, ingest, trail files and the keys that encrypt them.",
         r#"{
   "Version": "2012-10-17",
   "Statement": [
     {
       "Sid": "OpenTrailFullAccess",
       "Effect": "Allow",
-      "Action": ["cloudtrail:*", "cloudtrail-data:*", "opentrail:*", "s3:GetObject", "s3:ListBucket"],
+      "Action": ["cloudtrail:*", "cloudtrail-data:*", "opentrail:*", "kms:*", "s3:GetObject", "s3:ListBucket"],
       "Resource": "*"
     }
   ]
@@ -51,7 +51,7 @@ pub const MANAGED_POLICIES: [(&str, &str, &str); 3] = [
     ),
     (
         "OpenTrailReadOnlyAccess",
-        "Read-only access to OpenTrail: describe and list trails, look up events, read trail files. Nothing that changes or stops anything.",
+        "Read-only access to OpenTrail: describe and list trails and keys, look up events, read trail files (encrypted ones need kms:Decrypt on their key besides). Nothing that changes or stops anything.",
         r#"{
   "Version": "2012-10-17",
   "Statement": [
@@ -65,6 +65,9 @@ pub const MANAGED_POLICIES: [(&str, &str, &str); 3] = [
         "cloudtrail:LookupEvents",
         "opentrail:Get*",
         "opentrail:List*",
+        "kms:Describe*",
+        "kms:Get*",
+        "kms:List*",
         "s3:GetObject",
         "s3:ListBucket"
       ],

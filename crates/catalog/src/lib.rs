@@ -2,7 +2,7 @@
 //! selectors, tags and logging state. Embedded SQLite (WAL, `synchronous=FULL`) used from blocking
 //! threads; every change is one transaction.
 //!
-//! Schema version 4 (`PRAGMA user_version = 4`):
+//! Schema version 5 (`PRAGMA user_version = 5`):
 //! - `trails(arn TEXT PRIMARY KEY, account TEXT, home_region TEXT, name TEXT, body TEXT)`, unique on
 //!   (account, home_region, name); `body` is the [`Trail`] as JSON with its own `"v": 1`.
 //! - `deliveries(trail_arn TEXT PRIMARY KEY, body TEXT)`: each trail's delivery cursor, pending
@@ -19,12 +19,15 @@
 //! - `iam_directory(id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER, body TEXT)`: the
 //!   principal directory (users, groups, access keys with sealed secrets, policies) as one JSON
 //!   document with its own `"format": 1`; `version` counts its changes. Added in 4.
+//! - `kms_keystore(id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER, body TEXT)`: the KMS
+//!   keys (state, rotation, key material sealed under the master key) and aliases as one JSON
+//!   document with its own `"format": 1`, versioned like the directory. Added in 5.
 //!
 //! Older files are upgraded in place on open (the newer tables are added).
 
 mod delivery;
 mod digests;
-mod iam;
+mod documents;
 
 pub use delivery::{DeliveryState, Notification, OutboxRow, Plan};
 pub use digests::{
@@ -38,7 +41,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 /// The schema version this code reads and writes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 /// The version of a stored [`Trail`] body.
 pub const TRAIL_BODY_VERSION: u32 = 1;
 
@@ -59,7 +62,7 @@ pub enum CatalogError {
     QuotaExceeded { region: String, max: usize },
     #[error("catalog lock poisoned")]
     Lock,
-    #[error("the directory changed since version {expected} was read (now {found})")]
+    #[error("the document changed since version {expected} was read (now {found})")]
     Conflict { expected: u64, found: u64 },
 }
 
@@ -304,6 +307,18 @@ impl Catalog {
                      body TEXT NOT NULL
                  );
                  PRAGMA user_version = 4;
+                 COMMIT;",
+            )?;
+        }
+        if version < 5 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS kms_keystore (
+                     id INTEGER PRIMARY KEY CHECK (id = 1),
+                     version INTEGER NOT NULL,
+                     body TEXT NOT NULL
+                 );
+                 PRAGMA user_version = 5;
                  COMMIT;",
             )?;
         }

@@ -15,6 +15,7 @@ pub mod digest;
 pub mod files;
 pub mod filter;
 pub mod keys;
+pub mod kms;
 pub mod layout;
 pub mod notify;
 pub mod worker;

@@ -40,6 +40,8 @@ pub(crate) struct CallContext {
     pub now_ms: i64,
     /// Set by StopLogging: the trail whose logging span closes after this call's record.
     pub stopped_trail: std::sync::OnceLock<String>,
+    /// The record's `resources` (the KMS key a key-service call used).
+    pub resources: Vec<opentrail_model::record::Resource>,
 }
 
 impl CallContext {
@@ -64,6 +66,7 @@ impl CallContext {
             request_id: uuid::Uuid::new_v4().to_string(),
             now_ms: App::now_ms(),
             stopped_trail: std::sync::OnceLock::new(),
+            resources: Vec::new(),
         }
     }
 
@@ -276,6 +279,12 @@ pub(crate) async fn handle(
         .and_then(|t| t.strip_prefix(crate::iam_api::TARGET_PREFIX))
     {
         return crate::iam_api::handle(app, peer, parts, body, action.to_owned()).await;
+    }
+    if let Some(op) = target
+        .as_deref()
+        .and_then(|t| t.strip_prefix(crate::kms_api::TARGET_PREFIX))
+    {
+        return crate::kms_api::handle(app, peer, parts, body, op.to_owned()).await;
     }
     let mut ctx = CallContext::new(&app, &parts.headers, peer, "cloudtrail.amazonaws.com");
     let op = parse_target(target.as_deref());

@@ -144,6 +144,7 @@ pub(crate) fn build(
         management_event: Some(true),
         recipient_account_id: Some(ctx.account.clone()),
         event_category: Some("Management".to_owned()),
+        resources: (!ctx.resources.is_empty()).then(|| ctx.resources.clone()),
         ..Record::default()
     })
 }
@@ -192,6 +193,7 @@ mod tests {
             request_id: "req-1".into(),
             now_ms: 1_767_323_045_123,
             stopped_trail: std::sync::OnceLock::new(),
+            resources: Vec::new(),
         }
     }
 

@@ -15,6 +15,7 @@ mod http;
 mod iam_api;
 mod ingest;
 mod insights;
+mod kms_api;
 mod lookup;
 mod trails;
 mod views;
@@ -58,6 +59,8 @@ pub enum ServerError {
     Counters(#[from] CountersError),
     #[error("insights: {0}")]
     Insights(#[from] InsightsError),
+    #[error("key service: {0}")]
+    Kms(#[from] opentrail_delivery::kms::KmsError),
 }
 
 /// Shared state of the running server.
@@ -70,6 +73,7 @@ pub(crate) struct App {
     pub access: access::Access,
     pub counters: Counters,
     pub insights: std::sync::Mutex<Engine>,
+    pub kms: Arc<opentrail_delivery::kms::KeyService>,
 }
 
 impl App {
@@ -81,6 +85,38 @@ impl App {
         let keep = i64::try_from(self.settings.history_retention.as_millis()).unwrap_or(i64::MAX);
         Self::now_ms().saturating_sub(keep)
     }
+}
+
+/// Opens the key service and creates the keys the settings declare (`kms_keys`: a key id, or
+/// `alias/Name=<key id>`) in the server's region, where they are missing.
+fn open_key_service(
+    catalog: Arc<Catalog>,
+    settings: &Settings,
+    master: opentrail_delivery::MasterKey,
+) -> Result<Arc<opentrail_delivery::kms::KeyService>, ServerError> {
+    use opentrail_delivery::kms::{KeyRef, KeyService};
+    let kms = KeyService::open(catalog, master, &settings.account_id)?;
+    let (region, now) = (settings.region.clone(), App::now_ms());
+    for entry in &settings.kms_keys {
+        let (alias, id) = match entry.split_once('=') {
+            Some((a, id)) => (Some(a.to_owned()), id.to_owned()),
+            None => (None, entry.clone()),
+        };
+        kms.change(|s, m| {
+            let account = settings.account_id.as_str();
+            if !s.keys.contains_key(&id) {
+                s.create_key_with_id(m, &id, &region, "declared in the settings", Vec::new(), now)?;
+            }
+            if let Some(a) = &alias {
+                let parsed = KeyRef::parse(a)?;
+                if s.resolve(account, &region, &parsed).is_err() {
+                    s.create_alias(a, &region, &id, now, account)?;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(Arc::new(kms))
 }
 
 /// Runs the server on `listener` until `shutdown` resolves.
@@ -128,6 +164,10 @@ pub async fn run(
         let (cat, s, m) = (Arc::clone(&catalog), settings.clone(), master.clone());
         tokio::task::spawn_blocking(move || access::Access::open(&cat, &s, m)).await??
     };
+    let kms = {
+        let (cat, s, m) = (Arc::clone(&catalog), settings.clone(), master.clone());
+        tokio::task::spawn_blocking(move || open_key_service(cat, &s, m)).await??
+    };
     let keyring = Arc::new(Keyring::new(
         Arc::clone(&catalog),
         master,
@@ -169,6 +209,7 @@ pub async fn run(
         access,
         counters: counters.clone(),
         insights: std::sync::Mutex::new(engine),
+        kms,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -261,87 +261,41 @@ fn check_topic(app: &App, ctx: &CallContext, topic: &str) -> Result<Option<Strin
     )))
 }
 
-fn is_uuid(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
-        && parts
-            .iter()
-            .all(|p| p.bytes().all(|c| c.is_ascii_hexdigit()))
-}
-
+/// Resolves a trail's `KmsKeyId` (key id, key ARN, `alias/Name`, alias ARN) to the full key ARN
+/// through the key service, in the call's region. A malformed id is
+/// `InvalidKmsKeyIdException`, a key that is not there `KmsKeyNotFoundException`, and a key that
+/// is disabled or pending deletion `KmsException`, as CloudTrail answers.
 fn check_kms(app: &App, ctx: &CallContext, key: &str) -> Result<Option<String>, ApiError> {
+    use opentrail_delivery::kms::{KeyRef, KmsError};
     if key.is_empty() {
         return Ok(None);
     }
-    // Accepted forms: key id, key ARN, alias/Name, alias ARN.
-    let tail = if key.starts_with("arn:") {
-        let parts: Vec<&str> = key.splitn(6, ':').collect();
-        match parts.as_slice() {
-            ["arn", _, "kms", _, acct, resource]
-                if opentrail_model::ingest::is_valid_account(acct) =>
-            {
-                (*resource).to_owned()
-            }
-            _ => {
-                return Err(err(
-                    Exception::InvalidKmsKeyIdException,
-                    format!("{key} is not a valid KMS key ARN"),
-                ));
-            }
-        }
-    } else {
-        key.to_owned()
-    };
-    let key_id = if let Some(id) = tail.strip_prefix("key/") {
-        id.to_owned()
-    } else if let Some(alias) = tail.strip_prefix("alias/") {
-        let alias_ok = tail.len() <= 256
-            && !alias.is_empty()
-            && alias
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"/_-".contains(&c))
-            && !alias.starts_with("aws");
-        if !alias_ok {
-            return Err(err(
-                Exception::InvalidKmsKeyIdException,
-                format!("{key} is not a valid KMS alias"),
-            ));
-        }
-        app.settings
-            .kms_keys
-            .iter()
-            .find_map(|k| k.strip_prefix(&format!("{tail}=")))
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                err(
-                    Exception::KmsKeyNotFoundException,
-                    format!("KMS key {key} does not exist"),
-                )
-            })?
-    } else {
-        tail
-    };
-    if !is_uuid(&key_id) {
-        return Err(err(
+    let parsed = KeyRef::parse(key).map_err(|e| match e {
+        KmsError::NotFound(_) if key.starts_with("alias/") => err(
             Exception::InvalidKmsKeyIdException,
-            format!("{key} is not a valid KMS key id"),
-        ));
-    }
-    let known = app
-        .settings
-        .kms_keys
-        .iter()
-        .any(|k| *k == key_id || k.ends_with(&format!("={key_id}")));
-    if !known {
-        return Err(err(
-            Exception::KmsKeyNotFoundException,
-            format!("KMS key {key} does not exist"),
-        ));
-    }
-    Ok(Some(format!(
-        "arn:aws:kms:{}:{}:key/{key_id}",
-        ctx.region, ctx.account
-    )))
+            format!("{key} is not a valid KMS alias"),
+        ),
+        _ => err(
+            Exception::InvalidKmsKeyIdException,
+            format!("{key} is not a valid KMS key id, key ARN, alias or alias ARN"),
+        ),
+    })?;
+    let store = app
+        .kms
+        .snapshot()
+        .map_err(|e| err(Exception::KmsException, e.to_string()))?;
+    let found = store
+        .resolve(&ctx.account, &ctx.region, &parsed)
+        .map_err(|_| {
+            err(
+                Exception::KmsKeyNotFoundException,
+                format!("KMS key {key} does not exist in {}", ctx.region),
+            )
+        })?;
+    found
+        .usable(&ctx.account)
+        .map_err(|e| err(Exception::KmsException, e.to_string()))?;
+    Ok(Some(found.arn(&ctx.account)))
 }
 
 fn check_cloudwatch(app: &App, group: Option<&str>, role: Option<&str>) -> Result<(), ApiError> {

@@ -84,6 +84,10 @@ async fn maintenance(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 .log
                 .delete_segments(floor, cutoff)
                 .map_err(|e| e.to_string())?;
+            // Keys whose deletion date has passed go; keys due for rotation get new material.
+            app2.kms
+                .change(|s, m| s.tick(m, App::now_ms()))
+                .map_err(|e| e.to_string())?;
             // Counts live as long as event history (ListInsightsMetricData); attributions
             // as long as a baseline looks back (seven days), and a day more.
             if expire_counters {
