@@ -8,6 +8,7 @@ restart, and trails' ``KmsKeyId`` checked against the key service.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import subprocess
 import time
@@ -25,12 +26,18 @@ from conftest import (
     aws,
     cloudtrail_client,
     lookup_all,
+    make_record,
     uid,
 )
 
 REGION = "us-east-1"
 DECLARED_KEY = "6a3c9e2f-1b4d-4e8a-9c7f-2d5e8b1a4c6f"
-SERVER_ENV = {"OPENTRAIL_KMS_KEYS": f"{DECLARED_KEY},alias/declared={DECLARED_KEY}"}
+SERVER_ENV = {
+    "OPENTRAIL_KMS_KEYS": f"{DECLARED_KEY},alias/declared={DECLARED_KEY}",
+    "OPENTRAIL_DELIVERY_INTERVAL": "1s",
+    "OPENTRAIL_DELIVERY_MAX_BACKOFF": "1s",
+    "OPENTRAIL_MAX_TRAILS_PER_REGION": "50",
+}
 
 
 def kms_client(server, key: str = FAKE_ACCESS_KEY, secret: str = FAKE_SECRET_KEY,
@@ -316,3 +323,129 @@ def test_trails_take_keys_from_the_key_service(server):
     msg = expect_error("KmsException", ct.create_trail, Name=f"t-{uid()}", S3BucketName=bucket,
                        KmsKeyId=alias)
     assert "pending deletion" in msg
+
+
+# ---------------------------------------------------------------------------
+# Trails that encrypt their files
+# ---------------------------------------------------------------------------
+
+
+def logs_get(server, bucket: str, out: Path, key: str = FAKE_ACCESS_KEY,
+             secret: str = FAKE_SECRET_KEY) -> subprocess.CompletedProcess:
+    env = server._env()
+    env.update({"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret})
+    return subprocess.run(
+        [server.binary, "logs", "get", "--bucket", bucket, "--out", str(out),
+         "--endpoint-url", server.url, "--data-dir", str(server.data_dir)],
+        env=env, capture_output=True, text=True, timeout=120)
+
+
+def log_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.json.gz") if "/CloudTrail/" in str(p)
+                  and ".opentrail-metadata" not in str(p))
+
+
+def delivered_ids(server, bucket: str, out: Path) -> list[str]:
+    """Every eventID in the bucket's log files, decrypted by ``opentrail logs get`` as root."""
+    import shutil
+    shutil.rmtree(out, ignore_errors=True)
+    p = logs_get(server, bucket, out)
+    assert p.returncode == 0, p.stderr
+    ids = []
+    for f in log_files(out):
+        ids += [r["eventID"] for r in json.loads(gzip.decompress(f.read_bytes()))["Records"]]
+    return ids
+
+
+def wait_delivered(server, bucket: str, out: Path, want: list[str], timeout: float = 30) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = delivered_ids(server, bucket, out)
+        if set(want) <= set(ids) or time.monotonic() > deadline:
+            return ids
+        time.sleep(0.5)
+
+
+def test_an_encrypted_trail_delivers_files_only_its_key_opens(server, tmp_path):
+    kms = kms_client(server)
+    ct = cloudtrail_client(server)
+    kid = kms.create_key(Description="trail files")["KeyMetadata"]["KeyId"]
+    bucket = f"enc-{uid()}"
+    bucket_dir = Path(server.data_dir) / "buckets" / bucket
+    bucket_dir.mkdir(parents=True)
+    name = f"enc-{uid()}"
+    ct.create_trail(Name=name, S3BucketName=bucket, KmsKeyId=kid)
+    ct.start_logging(Name=name)
+    trail_arn = f"arn:aws:cloudtrail:{REGION}:{ACCOUNT_ID}:trail/{name}"
+
+    first = server.ingest_ok([make_record() for _ in range(40)])
+    ids = wait_delivered(server, bucket, tmp_path / "a", first)
+    assert set(first) <= set(ids)
+    assert len(ids) == len(set(ids)), "each record once"
+
+    # Stored, the files are not gzip JSON; their metadata carries the wrapped data key.
+    stored = log_files(bucket_dir)
+    assert stored
+    for f in stored:
+        raw = f.read_bytes()
+        assert raw[:2] != b"\x1f\x8b"
+        with pytest.raises(Exception):
+            gzip.decompress(raw)
+        key = str(f.relative_to(bucket_dir))
+        meta = json.loads((bucket_dir / ".opentrail-metadata" / f"{key}.json").read_text())
+        assert meta["x-amz-cek-alg"] == "AES/GCM/NoPadding"
+        assert meta["x-amz-wrap-alg"] == "kms+context"
+        assert meta["x-amz-kms-key-arn"] == key_arn(kid)
+        assert json.loads(meta["x-amz-matdesc"]) == {
+            "aws:cloudtrail:arn": trail_arn, "aws:s3:arn": f"arn:aws:s3:::{bucket}/{key}"}
+        assert int(meta["x-amz-unencrypted-content-length"]) > 0
+        # The wrapped data key opens through KMS under that context, and only under it.
+        dk = kms.decrypt(CiphertextBlob=base64.b64decode(meta["x-amz-key-v2"]),
+                         EncryptionContext=json.loads(meta["x-amz-matdesc"]))
+        assert len(dk["Plaintext"]) == 32
+        expect_error("InvalidCiphertextException", kms.decrypt,
+                     CiphertextBlob=base64.b64decode(meta["x-amz-key-v2"]))
+
+    # A reader without kms:Decrypt on the key cannot read them.
+    uname = f"reader-{uid()}"
+    run_iam(server, "create-user", "--user-name", uname)
+    ak = run_iam(server, "create-access-key", "--user-name", uname)["AccessKey"]
+    run_iam(server, "attach-user-policy", "--user-name", uname, "--policy-name",
+            "OpenTrailReadOnlyAccess")
+    p = logs_get(server, bucket, tmp_path / "denied", ak["AccessKeyId"], ak["SecretAccessKey"])
+    assert p.returncode != 0
+    assert "AccessDeniedException" in p.stderr and f"kms:Decrypt on resource: {key_arn(kid)}" in p.stderr
+    assert log_files(tmp_path / "denied") == []
+    # With kms:Decrypt on the key, the same user can.
+    run_iam(server, "put-user-policy", "--user-name", uname, "--policy-name", "decrypt",
+            "--policy-document", json.dumps({"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": key_arn(kid)}]}))
+    p = logs_get(server, bucket, tmp_path / "allowed", ak["AccessKeyId"], ak["SecretAccessKey"])
+    assert p.returncode == 0, p.stderr
+    assert len(log_files(tmp_path / "allowed")) == len(stored)
+
+    # Rotation mid-stream: later files use the new material, earlier ones still open.
+    kms.rotate_key_on_demand(KeyId=kid)
+    second = server.ingest_ok([make_record() for _ in range(10)])
+    ids = wait_delivered(server, bucket, tmp_path / "b", first + second)
+    assert set(first + second) <= set(ids) and len(ids) == len(set(ids))
+
+    # A disabled key stops delivery with a clear status error and loses nothing.
+    kms.disable_key(KeyId=kid)
+    third = server.ingest_ok([make_record() for _ in range(10)])
+    deadline = time.monotonic() + 30
+    while True:
+        st = ct.get_trail_status(Name=name)
+        if "KMS.DisabledException" in (st.get("LatestDeliveryError") or "") or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert st["LatestDeliveryError"].startswith("KMS.DisabledException"), st
+    assert key_arn(kid) in st["LatestDeliveryError"]
+    kms.enable_key(KeyId=kid)
+    ids = wait_delivered(server, bucket, tmp_path / "c", first + second + third)
+    assert set(first + second + third) <= set(ids)
+    assert len(ids) == len(set(ids)), "nothing delivered twice"
+    deadline = time.monotonic() + 10
+    while "LatestDeliveryError" in ct.get_trail_status(Name=name) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert "LatestDeliveryError" not in ct.get_trail_status(Name=name)

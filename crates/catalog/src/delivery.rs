@@ -49,6 +49,11 @@ pub struct DeliveryState {
     pub latest_digest_delivery_error: Option<String>,
     #[serde(default)]
     pub digests_delivered: u64,
+    /// The plan's data keys while the trail encrypts its files: object key → the data key
+    /// wrapped by the trail's KMS key (base64). Stored before the first write, so a replay
+    /// encrypts to the same bytes; cleared with the plan. Absent in older bodies.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub plan_data_keys: std::collections::BTreeMap<String, String>,
 }
 
 impl DeliveryState {

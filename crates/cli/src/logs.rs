@@ -149,8 +149,15 @@ pub fn list(settings: &Settings, sel: &Selection) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Downloads the matching files into `out`, keeping their keys as relative paths.
-pub fn get(settings: &Settings, sel: &Selection, out: &Path) -> anyhow::Result<()> {
+/// Downloads the matching files into `out`, keeping their keys as relative paths. Files stored
+/// encrypted are written decrypted (their data keys unwrapped by the server at `endpoint`).
+pub fn get(
+    settings: &Settings,
+    sel: &Selection,
+    out: &Path,
+    endpoint: Option<String>,
+) -> anyhow::Result<()> {
+    let mut decryptor = crate::decrypt::Decryptor::new(endpoint);
     let buckets = bucket_store(settings);
     let rt = runtime()?;
     let found = rt.block_on(find(&buckets, settings, sel))?;
@@ -164,9 +171,10 @@ pub fn get(settings: &Settings, sel: &Selection, out: &Path) -> anyhow::Result<(
     );
     let mut written = 0u64;
     for f in &found {
-        let bytes = rt
-            .block_on(buckets.get(&sel.bucket, &f.key))
+        let (stored, meta) = rt
+            .block_on(buckets.get_with_metadata(&sel.bucket, &f.key))
             .with_context(|| format!("fetching {}", f.key))?;
+        let bytes = decryptor.plain(&f.key, &stored, &meta)?;
         let dest: PathBuf = out.join(&f.key);
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir)

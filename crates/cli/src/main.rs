@@ -1,6 +1,7 @@
 //! The `opentrail` binary. Thin: parses flags, sets up tracing, binds, and calls the library.
 
 mod client;
+mod decrypt;
 mod iam;
 mod logs;
 mod validate;
@@ -96,6 +97,11 @@ enum LogsAction {
         /// Directory to write into.
         #[arg(long)]
         out: PathBuf,
+        /// The server whose key service decrypts encrypted files (credentials from
+        /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) [default: $AWS_ENDPOINT_URL, else
+        /// http://127.0.0.1:7433].
+        #[arg(long)]
+        endpoint_url: Option<String>,
     },
 }
 
@@ -239,7 +245,11 @@ fn run_other(cli: Cli) -> anyhow::Result<()> {
             let settings = load_settings(config.as_deref(), data_dir)?;
             match action {
                 LogsAction::List { selection } => logs::list(&settings, &selection),
-                LogsAction::Get { selection, out } => logs::get(&settings, &selection, &out),
+                LogsAction::Get {
+                    selection,
+                    out,
+                    endpoint_url,
+                } => logs::get(&settings, &selection, &out, endpoint_url),
             }
         }
         Command::Serve {

@@ -886,6 +886,142 @@ impl std::fmt::Debug for DataKey {
     }
 }
 
+/// Envelope encryption of one stored object: the object is encrypted with its own data key
+/// (AES-256-GCM, no associated data, the 12-byte nonce derived from the object key), and the
+/// data key travels wrapped beside it in the object's metadata, in the S3 Encryption Client v2
+/// metadata names.
+pub mod envelope {
+    use std::collections::BTreeMap;
+
+    use aws_lc_rs::aead::{Aad, NONCE_LEN, Nonce};
+    use aws_lc_rs::digest::{SHA256, digest};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
+
+    use super::{KmsError, aead};
+
+    /// The wrapped data key (base64 of a ciphertext blob).
+    pub const META_KEY: &str = "x-amz-key-v2";
+    /// The nonce (base64).
+    pub const META_IV: &str = "x-amz-iv";
+    /// The content cipher.
+    pub const META_CEK_ALG: &str = "x-amz-cek-alg";
+    /// How the data key is wrapped.
+    pub const META_WRAP_ALG: &str = "x-amz-wrap-alg";
+    /// The encryption context the data key was wrapped under (JSON).
+    pub const META_MATDESC: &str = "x-amz-matdesc";
+    /// The GCM tag length in bits.
+    pub const META_TAG_LEN: &str = "x-amz-tag-len";
+    /// The plaintext length.
+    pub const META_PLAIN_LEN: &str = "x-amz-unencrypted-content-length";
+    /// The key that wraps the data key (an OpenTrail addition: the ARN, for readers).
+    pub const META_KMS_KEY: &str = "x-amz-kms-key-arn";
+    pub const CEK_ALG: &str = "AES/GCM/NoPadding";
+    pub const WRAP_ALG: &str = "kms+context";
+
+    /// The encryption context of a trail's object, as CloudTrail uses with KMS.
+    pub fn context(trail_arn: &str, bucket: &str, key: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("aws:cloudtrail:arn".to_owned(), trail_arn.to_owned()),
+            (
+                "aws:s3:arn".to_owned(),
+                format!("arn:aws:s3:::{bucket}/{key}"),
+            ),
+        ])
+    }
+
+    /// The nonce of an object: the first 12 bytes of SHA-256 over its key. Each data key
+    /// encrypts one object, so this only makes a replay write the same bytes.
+    pub fn nonce(object_key: &str) -> [u8; NONCE_LEN] {
+        let d = digest(&SHA256, object_key.as_bytes());
+        let mut n = [0u8; NONCE_LEN];
+        n.copy_from_slice(&d.as_ref()[..NONCE_LEN]);
+        n
+    }
+
+    /// Encrypts an object's bytes; returns the stored body and its metadata.
+    pub fn seal(
+        data_key: &[u8],
+        wrapped: &[u8],
+        key_arn: &str,
+        object_key: &str,
+        context: &BTreeMap<String, String>,
+        plain: &[u8],
+    ) -> Result<(Vec<u8>, BTreeMap<String, String>), KmsError> {
+        let n = nonce(object_key);
+        let mut body = plain.to_vec();
+        aead(data_key)?
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(n), Aad::empty(), &mut body)
+            .map_err(|_| KmsError::Internal("encrypting an object failed".into()))?;
+        let matdesc =
+            serde_json::to_string(context).map_err(|e| KmsError::Internal(e.to_string()))?;
+        let meta = BTreeMap::from([
+            (META_KEY.to_owned(), B64.encode(wrapped)),
+            (META_IV.to_owned(), B64.encode(n)),
+            (META_CEK_ALG.to_owned(), CEK_ALG.to_owned()),
+            (META_WRAP_ALG.to_owned(), WRAP_ALG.to_owned()),
+            (META_MATDESC.to_owned(), matdesc),
+            (META_TAG_LEN.to_owned(), "128".to_owned()),
+            (META_PLAIN_LEN.to_owned(), plain.len().to_string()),
+            (META_KMS_KEY.to_owned(), key_arn.to_owned()),
+        ]);
+        Ok((body, meta))
+    }
+
+    /// What a reader needs from an encrypted object's metadata.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Sealed {
+        pub wrapped: Vec<u8>,
+        pub nonce: Vec<u8>,
+        pub context: BTreeMap<String, String>,
+        pub key_arn: Option<String>,
+    }
+
+    /// `Ok(None)` for an object stored in the clear; the envelope of an encrypted one; an
+    /// error when the metadata names an envelope it cannot read.
+    pub fn parse(meta: &BTreeMap<String, String>) -> Result<Option<Sealed>, KmsError> {
+        let Some(wrapped) = meta.get(META_KEY) else {
+            return Ok(None);
+        };
+        let bad = |what: &str| {
+            KmsError::InvalidCiphertext(format!(
+                "the object's encryption metadata is unreadable: {what}"
+            ))
+        };
+        if meta.get(META_CEK_ALG).map(String::as_str) != Some(CEK_ALG) {
+            return Err(bad("the content cipher is not AES/GCM/NoPadding"));
+        }
+        if meta.get(META_WRAP_ALG).map(String::as_str) != Some(WRAP_ALG) {
+            return Err(bad("the key wrapping is not kms+context"));
+        }
+        let wrapped = B64.decode(wrapped).map_err(|_| bad(META_KEY))?;
+        let nonce = B64
+            .decode(meta.get(META_IV).ok_or_else(|| bad(META_IV))?)
+            .map_err(|_| bad(META_IV))?;
+        let context: BTreeMap<String, String> =
+            serde_json::from_str(meta.get(META_MATDESC).ok_or_else(|| bad(META_MATDESC))?)
+                .map_err(|_| bad(META_MATDESC))?;
+        Ok(Some(Sealed {
+            wrapped,
+            nonce,
+            context,
+            key_arn: meta.get(META_KMS_KEY).cloned(),
+        }))
+    }
+
+    /// Decrypts an object's body with its (unwrapped) data key.
+    pub fn open(data_key: &[u8], nonce: &[u8], body: &[u8]) -> Result<Vec<u8>, KmsError> {
+        let n = Nonce::try_assume_unique_for_key(nonce).map_err(|_| {
+            KmsError::InvalidCiphertext("the object's nonce is not 12 bytes".into())
+        })?;
+        let mut data = body.to_vec();
+        let plain = aead(data_key)?
+            .open_in_place(n, Aad::empty(), &mut data)
+            .map_err(|_| KmsError::InvalidCiphertext("the object does not decrypt: it is damaged, or its data key is not the one in its metadata".into()))?;
+        Ok(plain.to_vec())
+    }
+}
+
 /// The key service: the stored keystore, its writer, and the master key.
 pub struct KeyService {
     catalog: Arc<Catalog>,

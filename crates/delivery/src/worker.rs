@@ -32,7 +32,10 @@ use crate::chains::{RoundWork, commit_round, prepare_round, record_failure};
 use crate::files::{FileBuilder, LogFile, Naming};
 use crate::filter::{Organization, TrailFilter};
 use crate::keys::Keyring;
+use crate::kms::KeyService;
 use crate::notify::{Sender, Topics, announce};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 
 /// Most log records one plan covers.
 pub const MAX_PLAN_EVENTS: u64 = 50_000;
@@ -62,6 +65,8 @@ pub enum DeliveryError {
     Encode(#[from] serde_json::Error),
     #[error("signing keys: {0}")]
     Keys(String),
+    #[error("KMS.{exception}: {0}", exception = .0.exception())]
+    Kms(#[from] crate::kms::KmsError),
 }
 
 /// What the workers are told.
@@ -84,6 +89,8 @@ pub struct DeliveryStats {
     pub events: AtomicU64,
     pub json_bytes: AtomicU64,
     pub gzip_bytes: AtomicU64,
+    /// Files stored encrypted with their trail's key.
+    pub encrypted_files: AtomicU64,
     pub failures: AtomicU64,
     pub notifications: AtomicU64,
     pub notification_failures: AtomicU64,
@@ -102,6 +109,8 @@ pub struct Deliverer {
     outbox_wake: Notify,
     /// One lock per trail: its worker and [`Deliverer::finish`] never run steps at once.
     trail_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The key service, for trails with a `KmsKeyId`.
+    kms: Option<Arc<KeyService>>,
     pub stats: DeliveryStats,
 }
 
@@ -127,6 +136,8 @@ enum Prepared {
         /// The files go into the trail's digests (validation is on, or its chains have not
         /// ended yet).
         digested: bool,
+        /// Object key → wrapped data key, for a trail that encrypts its files.
+        data_keys: std::collections::BTreeMap<String, String>,
     },
 }
 
@@ -151,8 +162,16 @@ impl Deliverer {
             sender: Sender::new()?,
             outbox_wake: Notify::new(),
             trail_locks: std::sync::Mutex::new(HashMap::new()),
+            kms: None,
             stats: DeliveryStats::default(),
         })
+    }
+
+    /// Gives the deliverer the key service that encrypts the files of trails with a key.
+    #[must_use]
+    pub fn with_kms(mut self, kms: Arc<KeyService>) -> Self {
+        self.kms = Some(kms);
+        self
     }
 
     pub fn buckets(&self) -> &Buckets {
@@ -340,6 +359,48 @@ impl Deliverer {
         }
     }
 
+    /// Records a failed delivery attempt in the trail's status.
+    async fn record_delivery_failure(&self, arn: &str, error: String) -> Result<(), DeliveryError> {
+        let catalog = Arc::clone(&self.catalog);
+        let arn = arn.to_owned();
+        let attempt_ms = now_ms();
+        tokio::task::spawn_blocking(move || {
+            catalog.update_delivery(
+                &arn,
+                || DeliveryState::new(0),
+                |s| {
+                    s.latest_delivery_attempt_ms = Some(attempt_ms);
+                    s.latest_delivery_error = Some(error);
+                },
+                &[],
+            )
+        })
+        .await??;
+        Ok(())
+    }
+
+    /// Encrypts a file under the data key wrapped in `wrapped` (base64): the body to store and
+    /// its metadata.
+    fn seal_file(
+        &self,
+        trail: &Trail,
+        key: &str,
+        wrapped: &str,
+        body: &[u8],
+    ) -> Result<(Vec<u8>, std::collections::BTreeMap<String, String>), crate::kms::KmsError> {
+        use crate::kms::{KmsError, envelope};
+        let kms = self
+            .kms
+            .as_ref()
+            .ok_or_else(|| KmsError::Internal("this deliverer has no key service".into()))?;
+        let blob = B64.decode(wrapped).map_err(|_| {
+            KmsError::Internal(format!("the stored data key of {key} is not base64"))
+        })?;
+        let context = envelope::context(&trail.arn, &trail.s3_bucket_name, key);
+        let (data_key, key_arn) = kms.decrypt(&blob, &context)?;
+        envelope::seal(&data_key, &blob, &key_arn, key, &context, body)
+    }
+
     /// One step for one trail (see the module docs).
     async fn step(&self, arn: &str) -> Result<Step, DeliveryError> {
         let prepared = {
@@ -347,10 +408,23 @@ impl Deliverer {
             let catalog = Arc::clone(&self.catalog);
             let org = self.config.org.clone();
             let arn = arn.to_owned();
-            tokio::task::spawn_blocking(move || prepare(&log, &catalog, org.as_ref(), &arn))
-                .await??
+            let kms = self.kms.clone();
+            tokio::task::spawn_blocking(move || {
+                prepare(&log, &catalog, org.as_ref(), kms.as_deref(), &arn)
+            })
+            .await?
         };
-        let (trail, plan, files, digested) = match prepared {
+        let prepared = match prepared {
+            Err(DeliveryError::Kms(e)) => {
+                // The trail's key cannot make data keys (disabled, pending deletion, gone):
+                // nothing is written and the cursor stays; the status says why.
+                self.record_delivery_failure(arn, format!("KMS.{}: {e}", e.exception()))
+                    .await?;
+                return Err(e.into());
+            }
+            other => other?,
+        };
+        let (trail, plan, files, digested, data_keys) = match prepared {
             Prepared::Gone => return Ok(Step::Gone),
             Prepared::Idle => return Ok(Step::Idle),
             Prepared::Skipped => return Ok(Step::Delivered { more: true }),
@@ -359,14 +433,36 @@ impl Deliverer {
                 plan,
                 files,
                 digested,
-            } => (trail, plan, files, digested),
+                data_keys,
+            } => (trail, plan, files, digested, data_keys),
         };
         let attempt_ms = now_ms();
         for f in &files {
-            let put = self
-                .buckets
-                .put_create(&trail.s3_bucket_name, &f.key, f.body.clone())
-                .await;
+            let put = match data_keys.get(&f.key) {
+                Some(wrapped) => {
+                    let sealed = self.seal_file(&trail, &f.key, wrapped, &f.body);
+                    let (body, meta) = match sealed {
+                        Ok(x) => x,
+                        Err(e) => {
+                            self.record_delivery_failure(
+                                arn,
+                                format!("KMS.{}: {e}", e.exception()),
+                            )
+                            .await?;
+                            return Err(e.into());
+                        }
+                    };
+                    self.stats.encrypted_files.fetch_add(1, Ordering::Relaxed);
+                    self.buckets
+                        .put_create_with_metadata(&trail.s3_bucket_name, &f.key, body.into(), &meta)
+                        .await
+                }
+                None => {
+                    self.buckets
+                        .put_create(&trail.s3_bucket_name, &f.key, f.body.clone())
+                        .await
+                }
+            };
             match put {
                 Ok(Written::Created) => {
                     self.stats.files.fetch_add(1, Ordering::Relaxed);
@@ -434,6 +530,7 @@ impl Deliverer {
                 |s| {
                     s.cursor = plan.to;
                     s.plan = None;
+                    s.plan_data_keys.clear();
                     s.latest_delivery_attempt_ms = Some(attempt_ms);
                     s.latest_delivery_attempt_succeeded_ms = Some(done_ms);
                     s.latest_delivery_time_ms = Some(done_ms);
@@ -640,6 +737,7 @@ fn prepare(
     log: &EventLog,
     catalog: &Catalog,
     org: Option<&Organization>,
+    kms: Option<&KeyService>,
     arn: &str,
 ) -> Result<Prepared, DeliveryError> {
     // The end first, then the trail: see the module docs.
@@ -725,6 +823,7 @@ fn prepare(
             |s| {
                 s.cursor = plan.to;
                 s.plan = None;
+                s.plan_data_keys.clear();
             },
             &[],
         )?;
@@ -734,13 +833,37 @@ fn prepare(
             Prepared::Idle
         });
     }
-    if stored_plan.is_none() {
+    // A trail with a key gets one fresh data key per file, stored with the plan before the
+    // first write: a replay encrypts to the same bytes.
+    let mut data_keys = match (&state, stored_plan) {
+        (Some(s), Some(_)) => s.plan_data_keys.clone(),
+        _ => std::collections::BTreeMap::new(),
+    };
+    let mut new_keys = false;
+    if let Some(key_arn) = &trail.kms_key_arn {
+        let kms = kms.ok_or_else(|| {
+            crate::kms::KmsError::Internal("no key service to encrypt with".into())
+        })?;
+        let region = key_arn.split(':').nth(3).unwrap_or_default();
+        for f in &files {
+            if !data_keys.contains_key(&f.key) {
+                let context =
+                    crate::kms::envelope::context(&trail.arn, &trail.s3_bucket_name, &f.key);
+                let dk = kms.data_key(region, key_arn, &context)?;
+                data_keys.insert(f.key.clone(), B64.encode(&dk.blob));
+                new_keys = true;
+            }
+        }
+    }
+    if stored_plan.is_none() || new_keys {
+        let keys = data_keys.clone();
         catalog.update_delivery(
             arn,
             || DeliveryState::new(plan.from),
             |s| {
                 s.cursor = plan.from;
                 s.plan = Some(plan);
+                s.plan_data_keys = keys;
             },
             &[],
         )?;
@@ -752,6 +875,7 @@ fn prepare(
         plan,
         files,
         digested,
+        data_keys,
     })
 }
 
@@ -888,7 +1012,7 @@ mod tests {
         // The first attempt: the plan is stored and one of its two files written, then the
         // process dies (nothing more of this attempt runs).
         let first = {
-            let prepared = prepare(&f.log, &f.catalog, None, &f.arn).expect("prepare");
+            let prepared = prepare(&f.log, &f.catalog, None, None, &f.arn).expect("prepare");
             let Prepared::Files { plan, .. } = prepared else {
                 panic!("expected files");
             };
@@ -917,7 +1041,7 @@ mod tests {
                 )
                 .expect("update");
             let Prepared::Files { files, .. } =
-                prepare(&f.log, &f.catalog, None, &f.arn).expect("prepare")
+                prepare(&f.log, &f.catalog, None, None, &f.arn).expect("prepare")
             else {
                 panic!("expected files");
             };

@@ -188,7 +188,8 @@ pub async fn run(
                 digest_interval: settings.digest_interval,
             },
         )
-        .map_err(ServerError::Delivery)?,
+        .map_err(ServerError::Delivery)?
+        .with_kms(Arc::clone(&kms)),
     );
     let reconciled = {
         let d = Arc::clone(&delivery);
