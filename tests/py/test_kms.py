@@ -8,6 +8,7 @@ restart, and trails' ``KmsKeyId`` checked against the key service.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import gzip
 import json
 import subprocess
@@ -36,6 +37,7 @@ SERVER_ENV = {
     "OPENTRAIL_KMS_KEYS": f"{DECLARED_KEY},alias/declared={DECLARED_KEY}",
     "OPENTRAIL_DELIVERY_INTERVAL": "1s",
     "OPENTRAIL_DELIVERY_MAX_BACKOFF": "1s",
+    "OPENTRAIL_DIGEST_INTERVAL": "2s",
     "OPENTRAIL_MAX_TRAILS_PER_REGION": "50",
 }
 
@@ -449,3 +451,66 @@ def test_an_encrypted_trail_delivers_files_only_its_key_opens(server, tmp_path):
     while "LatestDeliveryError" in ct.get_trail_status(Name=name) and time.monotonic() < deadline:
         time.sleep(0.3)
     assert "LatestDeliveryError" not in ct.get_trail_status(Name=name)
+
+
+def validate(server, arn: str, start: dt.datetime, bucket_dir: Path, key: str = FAKE_ACCESS_KEY,
+             secret: str = FAKE_SECRET_KEY) -> subprocess.CompletedProcess:
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    end = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1)
+    env = {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [server.binary, "validate-logs", "--trail-arn", arn, "--start-time", start.strftime(fmt),
+         "--end-time", end.strftime(fmt), "--endpoint-url", server.url, "--region", REGION,
+         "--local-dir", str(bucket_dir), "--verbose", "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_encrypted_digests_validate_for_readers_of_the_key(server, tmp_path):
+    kms = kms_client(server)
+    ct = cloudtrail_client(server)
+    kid = kms.create_key()["KeyMetadata"]["KeyId"]
+    bucket = f"encd-{uid()}"
+    bucket_dir = Path(server.data_dir) / "buckets" / bucket
+    bucket_dir.mkdir(parents=True)
+    name = f"encd-{uid()}"
+    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+    arn = ct.create_trail(Name=name, S3BucketName=bucket, KmsKeyId=kid,
+                          EnableLogFileValidation=True)["TrailARN"]
+    ct.start_logging(Name=name)
+    ids = server.ingest_ok([make_record() for _ in range(20)])
+    assert set(ids) <= set(wait_delivered(server, bucket, tmp_path / "a", ids))
+    ct.stop_logging(Name=name)
+
+    def digests() -> list[Path]:
+        return sorted(p for p in bucket_dir.rglob("*.json.gz") if "/CloudTrail-Digest/" in str(p)
+                      and ".opentrail-metadata" not in str(p))
+
+    # Wait for the chain's last digest (stopping ends it), then validate.
+    deadline = time.monotonic() + 60
+    while True:
+        p = validate(server, arn, start, bucket_dir)
+        if (p.returncode == 0 and "log files valid" in p.stdout) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert digests()
+    for d in digests():
+        raw = d.read_bytes()
+        assert raw[:2] != b"\x1f\x8b", "digests are stored encrypted"
+        meta = json.loads((bucket_dir / ".opentrail-metadata" / f"{d.relative_to(bucket_dir)}.json").read_text())
+        assert meta["x-amz-kms-key-arn"] == key_arn(kid)
+        assert "signature" in meta and meta["signature-algorithm"] == "SHA256withRSA"
+    lines = p.stdout.splitlines()
+    summary = [line for line in lines if "files valid" in line]
+    assert summary and all("INVALID" not in line for line in summary), p.stdout
+
+    # A principal that may not decrypt with the key cannot validate.
+    uname = f"val-{uid()}"
+    run_iam(server, "create-user", "--user-name", uname)
+    ak = run_iam(server, "create-access-key", "--user-name", uname)["AccessKey"]
+    run_iam(server, "attach-user-policy", "--user-name", uname, "--policy-name",
+            "OpenTrailReadOnlyAccess")
+    p = validate(server, arn, start, bucket_dir, ak["AccessKeyId"], ak["SecretAccessKey"])
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "is encrypted with " + key_arn(kid) in p.stderr, p.stderr
+    assert "AccessDeniedException" in p.stderr and "kms:Decrypt" in p.stderr, p.stderr

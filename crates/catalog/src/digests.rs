@@ -62,6 +62,10 @@ pub struct DigestRound {
     pub chains: Vec<String>,
     /// The chains end with this round (logging stopped or validation turned off).
     pub last: bool,
+    /// For a trail that encrypts its files: digest key → its data key wrapped by the trail's
+    /// KMS key (base64), stored before the digest is written. Absent in older bodies.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data_keys: BTreeMap<String, String>,
 }
 
 /// A trail's digest chains.
@@ -423,6 +427,7 @@ mod tests {
                 key_prefix: Some("p".into()),
                 org_id: None,
                 chains: vec!["111122223333/us-east-1".into()],
+                data_keys: BTreeMap::new(),
                 last: false,
             }),
             ending_since_ms: None,

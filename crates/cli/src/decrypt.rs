@@ -4,6 +4,7 @@
 //! decrypted here.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -17,7 +18,7 @@ use crate::client::ApiClient;
 /// own region).
 pub struct Decryptor {
     endpoint: String,
-    clients: HashMap<String, ApiClient>,
+    clients: Mutex<HashMap<String, Arc<ApiClient>>>,
 }
 
 impl Decryptor {
@@ -28,29 +29,32 @@ impl Decryptor {
             .unwrap_or_else(|| "http://127.0.0.1:7433".to_owned());
         Self {
             endpoint,
-            clients: HashMap::new(),
+            clients: Mutex::new(HashMap::new()),
         }
     }
 
-    fn client(&mut self, region: &str) -> anyhow::Result<&ApiClient> {
-        if !self.clients.contains_key(region) {
-            let agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(std::time::Duration::from_secs(30)))
-                .build()
-                .into();
-            let c = ApiClient::new(agent, &self.endpoint, region)?;
-            self.clients.insert(region.to_owned(), c);
+    fn client(&self, region: &str) -> anyhow::Result<Arc<ApiClient>> {
+        let mut clients = self
+            .clients
+            .lock()
+            .map_err(|_| anyhow::anyhow!("decryptor lock poisoned"))?;
+        if let Some(c) = clients.get(region) {
+            return Ok(Arc::clone(c));
         }
-        self.clients
-            .get(region)
-            .context("no client for the key's region")
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .build()
+            .into();
+        let c = Arc::new(ApiClient::new(agent, &self.endpoint, region)?);
+        clients.insert(region.to_owned(), Arc::clone(&c));
+        Ok(c)
     }
 
     /// The object's plain bytes: `body` as it is when the metadata names no envelope, else
-    /// decrypted through the server.
+    /// decrypted through the server (a blocking HTTP call).
     pub fn plain(
-        &mut self,
+        &self,
         key: &str,
         body: &[u8],
         meta: &BTreeMap<String, String>,

@@ -157,7 +157,7 @@ pub fn get(
     out: &Path,
     endpoint: Option<String>,
 ) -> anyhow::Result<()> {
-    let mut decryptor = crate::decrypt::Decryptor::new(endpoint);
+    let decryptor = crate::decrypt::Decryptor::new(endpoint);
     let buckets = bucket_store(settings);
     let rt = runtime()?;
     let found = rt.block_on(find(&buckets, settings, sel))?;

@@ -234,12 +234,52 @@ enum DigestVerdict {
     Invalid(String),
 }
 
-/// Where the objects are read from.
+/// Where the objects are read from, and how encrypted ones are opened.
 struct Store {
     buckets: Buckets,
+    decryptor: Arc<crate::decrypt::Decryptor>,
+    /// The first object that could not be decrypted, and why.
+    undecryptable: std::sync::Mutex<Option<String>>,
 }
 
 impl Store {
+    /// An object's plain bytes and metadata: decrypted through the key service when it was
+    /// stored encrypted. An object that cannot be decrypted reads as unreadable (and the
+    /// reason is kept for the end of the run).
+    async fn get_plain(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<
+        (bytes::Bytes, std::collections::BTreeMap<String, String>),
+        opentrail_delivery::BucketError,
+    > {
+        let (body, meta) = self.buckets.get_with_metadata(bucket, key).await?;
+        if !meta.contains_key(opentrail_delivery::kms::envelope::META_KEY) {
+            return Ok((body, meta));
+        }
+        let d = Arc::clone(&self.decryptor);
+        let (k, m) = (key.to_owned(), meta.clone());
+        let opened = tokio::task::spawn_blocking(move || d.plain(&k, &body, &m))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(|r| r);
+        match opened {
+            Ok(plain) => Ok((plain.into(), meta)),
+            Err(e) => {
+                if let Ok(mut first) = self.undecryptable.lock()
+                    && first.is_none()
+                {
+                    *first = Some(format!("s3://{bucket}/{key}: {e:#}"));
+                }
+                Err(opentrail_delivery::BucketError {
+                    code: "Undecryptable".to_owned(),
+                    message: format!("{e:#}"),
+                })
+            }
+        }
+    }
+
     async fn fetch_digest(
         &self,
         keys: &HashMap<String, Vec<u8>>,
@@ -249,7 +289,7 @@ impl Store {
         vouched: Option<&str>,
     ) -> anyhow::Result<DigestVerdict> {
         let line = |m: &str| format!("Digest file\ts3://{bucket}/{key}\tINVALID: {m}");
-        let (body, meta) = match self.buckets.get_with_metadata(bucket, key).await {
+        let (body, meta) = match self.get_plain(bucket, key).await {
             Ok(x) => x,
             Err(e) if e.code == "NoSuchKey" => return Ok(DigestVerdict::Missing),
             Err(e) => return Err(anyhow::anyhow!("{e}")),
@@ -443,7 +483,13 @@ pub fn run(settings: &opentrail_server::Settings, args: &ValidateArgs) -> anyhow
         let (default, overrides) = settings.bucket_targets();
         Buckets::new(default, overrides)
     };
-    let store = Arc::new(Store { buckets });
+    let store = Arc::new(Store {
+        buckets,
+        decryptor: Arc::new(crate::decrypt::Decryptor::new(Some(
+            args.endpoint_url.clone(),
+        ))),
+        undecryptable: std::sync::Mutex::new(None),
+    });
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from))
@@ -799,6 +845,11 @@ pub fn run(settings: &opentrail_server::Settings, args: &ValidateArgs) -> anyhow
     );
     ratio(&mut summary, counts.valid_logs, counts.invalid_logs, "log");
     println!("{summary}");
+    if let Ok(Some(why)) = store.undecryptable.lock().map(|g| g.clone()) {
+        eprintln!(
+            "opentrail: some files are encrypted and could not be decrypted (reading them needs kms:Decrypt on the trail's key); the first: {why}"
+        );
+    }
     Ok(if counts.invalid_digests > 0 || counts.invalid_logs > 0 {
         1
     } else {
@@ -827,7 +878,7 @@ async fn hash_all(
         .map(|(b, k, _)| {
             let store = Arc::clone(&store);
             async move {
-                let body = store.buckets.get(&b, &k).await.ok()?;
+                let (body, _) = store.get_plain(&b, &k).await.ok()?;
                 tokio::task::spawn_blocking(move || hash_gzip_member(&body).ok())
                     .await
                     .ok()
@@ -854,10 +905,10 @@ async fn check_logs(
             let store = Arc::clone(&store);
             let bar = bar.clone();
             async move {
-                let verdict = match store.buckets.get(&b, &k).await {
+                let verdict = match store.get_plain(&b, &k).await {
                     Err(e) if e.code == "NoSuchKey" => Err("not found"),
                     Err(_) => Err("invalid format"),
-                    Ok(body) => {
+                    Ok((body, _)) => {
                         let hashed = tokio::task::spawn_blocking(move || hash_gzip_member(&body))
                             .await
                             .unwrap_or(Err(LogFileFault::Format));

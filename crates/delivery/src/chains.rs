@@ -255,6 +255,7 @@ fn new_round(
         org_id: org_id.map(str::to_owned),
         chains: all,
         last,
+        data_keys: BTreeMap::new(),
     };
     let stored = round.clone();
     catalog.update_delivery(

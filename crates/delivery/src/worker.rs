@@ -381,9 +381,10 @@ impl Deliverer {
 
     /// Encrypts a file under the data key wrapped in `wrapped` (base64): the body to store and
     /// its metadata.
-    fn seal_file(
+    fn seal_object(
         &self,
-        trail: &Trail,
+        trail_arn: &str,
+        bucket: &str,
         key: &str,
         wrapped: &str,
         body: &[u8],
@@ -396,7 +397,7 @@ impl Deliverer {
         let blob = B64.decode(wrapped).map_err(|_| {
             KmsError::Internal(format!("the stored data key of {key} is not base64"))
         })?;
-        let context = envelope::context(&trail.arn, &trail.s3_bucket_name, key);
+        let context = envelope::context(trail_arn, bucket, key);
         let (data_key, key_arn) = kms.decrypt(&blob, &context)?;
         envelope::seal(&data_key, &blob, &key_arn, key, &context, body)
     }
@@ -440,7 +441,13 @@ impl Deliverer {
         for f in &files {
             let put = match data_keys.get(&f.key) {
                 Some(wrapped) => {
-                    let sealed = self.seal_file(&trail, &f.key, wrapped, &f.body);
+                    let sealed = self.seal_object(
+                        &trail.arn,
+                        &trail.s3_bucket_name,
+                        &f.key,
+                        wrapped,
+                        &f.body,
+                    );
                     let (body, meta) = match sealed {
                         Ok(x) => x,
                         Err(e) => {
@@ -598,6 +605,32 @@ impl Deliverer {
                 digests,
             } => (round, bucket, digests),
         };
+        // A trail with a key encrypts its digests too, each with a data key stored in the round
+        // before it is written.
+        let sealing = {
+            let catalog = Arc::clone(&self.catalog);
+            let kms = self.kms.clone();
+            let arn = arn.to_owned();
+            let keys: Vec<String> = digests.iter().map(|d| d.key.clone()).collect();
+            let stored = round.data_keys.clone();
+            let bucket = bucket.clone();
+            tokio::task::spawn_blocking(move || {
+                digest_data_keys(&catalog, kms.as_deref(), &arn, &bucket, &keys, stored)
+            })
+            .await?
+        };
+        let (trail_arn, data_keys) = match sealing {
+            Ok(x) => x,
+            Err(DeliveryError::Kms(e)) => {
+                let catalog = Arc::clone(&self.catalog);
+                let arn2 = arn.to_owned();
+                let code = format!("KMS.{}: {e}", e.exception());
+                tokio::task::spawn_blocking(move || record_failure(&catalog, &arn2, code))
+                    .await??;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e),
+        };
         for d in &digests {
             let meta = std::collections::BTreeMap::from([
                 ("signature".to_owned(), d.signature.clone()),
@@ -606,9 +639,31 @@ impl Deliverer {
                     crate::digest::SIGNATURE_ALGORITHM.to_owned(),
                 ),
             ]);
+            let (body, meta) = match data_keys.get(&d.key) {
+                Some(wrapped) => {
+                    let sealed = self.seal_object(&trail_arn, &bucket, &d.key, wrapped, &d.body);
+                    match sealed {
+                        Ok((body, mut envelope)) => {
+                            envelope.extend(meta);
+                            (bytes::Bytes::from(body), envelope)
+                        }
+                        Err(e) => {
+                            let catalog = Arc::clone(&self.catalog);
+                            let arn2 = arn.to_owned();
+                            let code = format!("KMS.{}: {e}", e.exception());
+                            tokio::task::spawn_blocking(move || {
+                                record_failure(&catalog, &arn2, code)
+                            })
+                            .await??;
+                            return Err(e.into());
+                        }
+                    }
+                }
+                None => (d.body.clone(), meta),
+            };
             match self
                 .buckets
-                .put_create_with_metadata(&bucket, &d.key, d.body.clone(), &meta)
+                .put_create_with_metadata(&bucket, &d.key, body, &meta)
                 .await
             {
                 Ok(Written::Created) => {
@@ -733,6 +788,50 @@ impl Deliverer {
 
 /// The blocking part of a step: decide the plan, read and filter the records, build the files,
 /// and store the plan if it has files.
+/// The data keys of a round's digests (digest key → wrapped data key) for a trail with a key,
+/// making and storing in the round any that are missing; the trail's ARN with them. Blocking.
+fn digest_data_keys(
+    catalog: &Catalog,
+    kms: Option<&KeyService>,
+    arn: &str,
+    bucket: &str,
+    digest_keys: &[String],
+    mut keys: std::collections::BTreeMap<String, String>,
+) -> Result<(String, std::collections::BTreeMap<String, String>), DeliveryError> {
+    let Some(trail) = catalog.get(arn)? else {
+        return Ok((arn.to_owned(), keys));
+    };
+    let Some(key_arn) = &trail.kms_key_arn else {
+        return Ok((trail.arn, keys));
+    };
+    let kms =
+        kms.ok_or_else(|| crate::kms::KmsError::Internal("no key service to encrypt with".into()))?;
+    let region = key_arn.split(':').nth(3).unwrap_or_default();
+    let mut new = false;
+    for k in digest_keys {
+        if !keys.contains_key(k) {
+            let context = crate::kms::envelope::context(&trail.arn, bucket, k);
+            let dk = kms.data_key(region, key_arn, &context)?;
+            keys.insert(k.clone(), B64.encode(&dk.blob));
+            new = true;
+        }
+    }
+    if new {
+        let stored = keys.clone();
+        catalog.update_delivery(
+            arn,
+            || DeliveryState::new(0),
+            |s| {
+                if let Some(r) = s.digest.as_mut().and_then(|d| d.round.as_mut()) {
+                    r.data_keys = stored;
+                }
+            },
+            &[],
+        )?;
+    }
+    Ok((trail.arn, keys))
+}
+
 fn prepare(
     log: &EventLog,
     catalog: &Catalog,
