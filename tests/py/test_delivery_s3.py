@@ -877,3 +877,62 @@ def test_logs_cli_fetches_from_s3(server, s3, trails, tmp_path):
     assert fetched == keys, "logs get fetched exactly the bucket's log files"
     for k in keys:
         assert (dest / k).read_bytes() == client.get_object(Bucket=bucket, Key=k)["Body"].read()
+
+
+# ---------------------------------------------------------------------------
+# 6. A trail with a KMS key on an S3 store
+# ---------------------------------------------------------------------------
+
+
+def test_encrypted_trail_on_s3_stores_only_ciphertext_and_logs_get_decrypts(server, s3, trails,
+                                                                           tmp_path):
+    import base64
+    import gzip
+
+    kms = boto3.session.Session().client(
+        "kms", region_name=HOME, endpoint_url=server.url,
+        aws_access_key_id=FAKE_ACCESS_KEY, aws_secret_access_key=FAKE_SECRET_KEY,
+        config=Config(retries={"max_attempts": 1}))
+    key = kms.create_key(Description="s3 trail")["KeyMetadata"]
+    client = s3_client()
+    bucket = create_bucket(client, bucket_name("otk"))
+    ct = cloudtrail_client(server)
+    name = new_trail(ct, trails, bucket, KmsKeyId=key["KeyId"])
+    ct.start_logging(Name=name)
+    marker = f"kms-{uid()}"
+    ids = set(server.ingest_ok([rec(marker) for _ in range(5)]))
+
+    # The objects on the store are ciphertext, with the envelope in their user metadata.
+    deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+    dest = tmp_path / "fetched"
+    while True:
+        shutil.rmtree(dest, ignore_errors=True)
+        env = {**server._env(), "AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY,
+               "AWS_SECRET_ACCESS_KEY": FAKE_SECRET_KEY}
+        out = subprocess.run(
+            [server.binary, "logs", "get", "--bucket", bucket, "--out", str(dest),
+             "--data-dir", str(server.data_dir), "--endpoint-url", server.url],
+            env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        got = []
+        for p in dest.rglob("*.json.gz"):
+            got += json.loads(gzip.decompress(p.read_bytes()))["Records"]
+        mine = [r["eventID"] for r in got if r.get("userIdentity", {}).get("userName") == marker]
+        if ids <= set(mine) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert set(mine) == ids and len(mine) == len(ids), "each acknowledged record once"
+    keys = list_keys(client, bucket)
+    assert keys
+    for k in keys:
+        obj = client.get_object(Bucket=bucket, Key=k)
+        raw = obj["Body"].read()
+        assert raw[:2] != b"\x1f\x8b", k
+        meta = obj["Metadata"]
+        assert meta["x-amz-kms-key-arn"] == key["Arn"]
+        assert meta["x-amz-cek-alg"] == "AES/GCM/NoPadding"
+        dk = kms.decrypt(CiphertextBlob=base64.b64decode(meta["x-amz-key-v2"]),
+                         EncryptionContext=json.loads(meta["x-amz-matdesc"]))
+        assert len(dk["Plaintext"]) == 32
+        # The fetched copy is the plaintext of exactly this object.
+        assert int(meta["x-amz-unencrypted-content-length"]) == len((dest / k).read_bytes())

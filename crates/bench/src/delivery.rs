@@ -36,16 +36,39 @@ fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-pub(crate) fn run(seed: u64, count: usize, root: &Path, now_s: i64) -> anyhow::Result<()> {
-    println!("\n## Trail delivery ({count} events backlog)\n");
-    let dir = root.join("delivery");
-    std::fs::create_dir_all(dir.join("buckets").join(BUCKET))?;
-    let generated = events(seed ^ 0xde11, 0, count, now_s);
-    let trail = json!({"Name": "bench-trail", "S3BucketName": BUCKET});
+/// The key id the encrypted run's trail uses (declared in its settings, so created at start).
+const BENCH_KEY: &str = "0b5e7a3c-9d21-4f6e-8a4b-5c3d2e1f0a9b";
 
-    // 1. Build a backlog while the trail logs but its worker waits (an hour's cadence; its first
-    // step runs within a second of CreateTrail, then it sleeps).
-    let ot = OpenTrail::start_with(settings(&dir, Duration::from_secs(3600)))?;
+/// What timing a backlog's delivery measured.
+struct Backlog {
+    delivered: u64,
+    took: Duration,
+    json_bytes: u64,
+    gzip_bytes: u64,
+    files: u64,
+}
+
+/// Builds a backlog of `generated` while the trail logs but its worker waits (an hour's
+/// cadence; its first step runs within a second of CreateTrail, then it sleeps), then restarts
+/// at a 1-second cadence and times the backlog into files. With `encrypted`, the trail has a
+/// KMS key and every file is encrypted. Returns the running server.
+fn backlog(
+    dir: &Path,
+    generated: &[crate::Generated],
+    encrypted: bool,
+) -> anyhow::Result<(Backlog, OpenTrail)> {
+    std::fs::create_dir_all(dir.join("buckets").join(BUCKET))?;
+    let with_keys = |mut s: opentrail_server::Settings| {
+        if encrypted {
+            s.kms_keys = vec![BENCH_KEY.to_owned()];
+        }
+        s
+    };
+    let mut trail = json!({"Name": "bench-trail", "S3BucketName": BUCKET});
+    if encrypted {
+        trail["KmsKeyId"] = json!(BENCH_KEY);
+    }
+    let ot = OpenTrail::start_with(with_keys(settings(dir, Duration::from_secs(3600))))?;
     ot.call("CreateTrail", &trail)?;
     ot.call("StartLogging", &json!({"Name": "bench-trail"}))?;
     std::thread::sleep(Duration::from_secs(2));
@@ -62,13 +85,13 @@ pub(crate) fn run(seed: u64, count: usize, root: &Path, now_s: i64) -> anyhow::R
     }
     ot.stop()?;
 
-    // 2. Restart at a 1-second cadence and time the backlog into files.
+    let count = generated.len() as u64;
     let started = Instant::now();
-    let ot = OpenTrail::start_with(settings(&dir, Duration::from_secs(1)))?;
+    let ot = OpenTrail::start_with(with_keys(settings(dir, Duration::from_secs(1))))?;
     let deadline = started + Duration::from_secs(600);
     let delivered = loop {
         let n = ot.metric("opentrail_delivery_events_total")?;
-        if n >= count as u64 {
+        if n >= count {
             break n;
         }
         if Instant::now() > deadline {
@@ -77,9 +100,32 @@ pub(crate) fn run(seed: u64, count: usize, root: &Path, now_s: i64) -> anyhow::R
         std::thread::sleep(Duration::from_millis(10));
     };
     let took = started.elapsed();
-    let json_bytes = ot.metric("opentrail_delivery_json_bytes_total")?;
-    let gzip_bytes = ot.metric("opentrail_delivery_gzip_bytes_total")?;
-    let nfiles = ot.metric("opentrail_delivery_files_total")?;
+    let b = Backlog {
+        delivered,
+        took,
+        json_bytes: ot.metric("opentrail_delivery_json_bytes_total")?,
+        gzip_bytes: ot.metric("opentrail_delivery_gzip_bytes_total")?,
+        files: ot.metric("opentrail_delivery_files_total")?,
+    };
+    Ok((b, ot))
+}
+
+pub(crate) fn run(seed: u64, count: usize, root: &Path, now_s: i64) -> anyhow::Result<()> {
+    println!("\n## Trail delivery ({count} events backlog)\n");
+    let dir = root.join("delivery");
+    let generated = events(seed ^ 0xde11, 0, count, now_s);
+
+    // 1–2. The same backlog into plain files, and into files encrypted with a KMS key.
+    let (enc, ot_enc) = backlog(&root.join("delivery-kms"), &generated, true)?;
+    ot_enc.stop()?;
+    let (plain, ot) = backlog(&dir, &generated, false)?;
+    let (delivered, took, json_bytes, gzip_bytes, nfiles) = (
+        plain.delivered,
+        plain.took,
+        plain.json_bytes,
+        plain.gzip_bytes,
+        plain.files,
+    );
 
     // 3. The peer: gzip -6 on the same JSON, as one file.
     let blob = dir.join("records.json");
@@ -115,11 +161,37 @@ pub(crate) fn run(seed: u64, count: usize, root: &Path, now_s: i64) -> anyhow::R
         took.as_secs_f64(),
         ours / theirs
     );
+    let encrypted = mb(enc.json_bytes, enc.took);
+    println!(
+        "| OpenTrail delivery, encrypted with a KMS key (+ a data key per file, AES-256-GCM) | {} | {:.1} | {:.1} | {} | {:.2} | {encrypted:.1} | {:.2}× |",
+        enc.delivered,
+        enc.json_bytes as f64 / 1e6,
+        enc.gzip_bytes as f64 / 1e6,
+        enc.files,
+        enc.took.as_secs_f64(),
+        encrypted / theirs
+    );
     println!(
         "| `gzip -6 -c` on the same JSON | {count} | {:.1} | {:.1} | 1 | {:.2} | {theirs:.1} | 1.00× |",
         text.len() as f64 / 1e6,
         out.stdout.len() as f64 / 1e6,
         gzip_took.as_secs_f64()
+    );
+    // The encryption step alone: AES-256-GCM over as many gzip bytes as the backlog made.
+    let gz = vec![0x5au8; gzip_bytes as usize];
+    let context = opentrail_delivery::kms::envelope::context("arn", BUCKET, "k");
+    let t = Instant::now();
+    let (sealed, _) =
+        opentrail_delivery::kms::envelope::seal(&[7u8; 32], b"wrapped", "arn", "k", &context, &gz)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let seal_took = t.elapsed();
+    println!(
+        "\nWith encryption, delivery ran at {encrypted:.1} JSON MB/s against {ours:.1} without ({:+.1}%). \
+         The encryption itself, AES-256-GCM over the {:.1} MB of gzip, took {:.1} ms ({:.0} MB/s).",
+        (encrypted / ours - 1.0) * 100.0,
+        sealed.len() as f64 / 1e6,
+        seal_took.as_secs_f64() * 1e3,
+        gz.len() as f64 / 1e6 / seal_took.as_secs_f64()
     );
 
     // 4. Ack to file at a 1-second cadence: one event at a time.

@@ -121,7 +121,7 @@ const SOURCES: [&str; 24] = [
 ];
 
 /// One generated event, with the attributes SQLite indexes.
-struct Generated {
+pub(crate) struct Generated {
     event_id: String,
     time_s: i64,
     name: String,
