@@ -742,7 +742,9 @@ def _make_proxy_handler(upstream_port: int, root: Path, log: list[str]):
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
-                log.append(f"{self.command} {self.path} -> {resp.status}")
+                sse = self.headers.get("x-amz-server-side-encryption")
+                log.append(f"{self.command} {self.path} -> {resp.status}"
+                           + (f" sse={sse}" if sse else ""))
             finally:
                 conn.close()
 
@@ -902,25 +904,34 @@ def test_encrypted_trail_on_s3_stores_only_ciphertext_and_logs_get_decrypts(serv
     marker = f"kms-{uid()}"
     ids = set(server.ingest_ok([rec(marker) for _ in range(5)]))
 
-    # The objects on the store are ciphertext, with the envelope in their user metadata.
-    deadline = time.monotonic() + DELIVERY_TIMEOUT_S
     dest = tmp_path / "fetched"
-    while True:
-        shutil.rmtree(dest, ignore_errors=True)
-        env = {**server._env(), "AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY,
-               "AWS_SECRET_ACCESS_KEY": FAKE_SECRET_KEY}
-        out = subprocess.run(
-            [server.binary, "logs", "get", "--bucket", bucket, "--out", str(dest),
-             "--data-dir", str(server.data_dir), "--endpoint-url", server.url],
-            env=env, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        got = []
-        for p in dest.rglob("*.json.gz"):
-            got += json.loads(gzip.decompress(p.read_bytes()))["Records"]
-        mine = [r["eventID"] for r in got if r.get("userIdentity", {}).get("userName") == marker]
-        if ids <= set(mine) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+
+    def fetch_mine(want: set[str]) -> list[str]:
+        """``opentrail logs get`` (decrypting) until every id of ``want`` is there."""
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+        while True:
+            shutil.rmtree(dest, ignore_errors=True)
+            env = {**server._env(), "AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY,
+                   "AWS_SECRET_ACCESS_KEY": FAKE_SECRET_KEY}
+            out = subprocess.run(
+                [server.binary, "logs", "get", "--bucket", bucket, "--out", str(dest),
+                 "--data-dir", str(server.data_dir), "--endpoint-url", server.url],
+                env=env, capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr
+            got = []
+            for p in dest.rglob("*.json.gz"):
+                got += json.loads(gzip.decompress(p.read_bytes()))["Records"]
+            mine = [r["eventID"] for r in got
+                    if r.get("userIdentity", {}).get("userName") == marker]
+            if want <= set(mine) or time.monotonic() > deadline:
+                return mine
+            time.sleep(0.5)
+
+    # Part of the stream before a rotation of the key's material, part after.
+    fetch_mine(ids)
+    kms.rotate_key_on_demand(KeyId=key["KeyId"])
+    ids |= set(server.ingest_ok([rec(marker) for _ in range(5)]))
+    mine = fetch_mine(ids)
     assert set(mine) == ids and len(mine) == len(ids), "each acknowledged record once"
     keys = list_keys(client, bucket)
     assert keys
@@ -936,3 +947,46 @@ def test_encrypted_trail_on_s3_stores_only_ciphertext_and_logs_get_decrypts(serv
         assert len(dk["Plaintext"]) == 32
         # The fetched copy is the plaintext of exactly this object.
         assert int(meta["x-amz-unencrypted-content-length"]) == len((dest / k).read_bytes())
+
+
+def test_server_side_encryption_is_asked_of_the_store_on_every_write(s3, opentrail_bin, tmp_path):
+    """``s3_server_side_encryption = AES256``: every object PUT carries
+    ``x-amz-server-side-encryption: AES256`` (seen by a pass-through proxy), and the objects
+    still arrive whole."""
+    proxy_log: list[str] = []
+    proxy = _S3RulesProxy(("127.0.0.1", 0), _make_proxy_handler(s3.port, s3.root, proxy_log))
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{proxy.server_address[1]}"
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    srv = OpenTrailServer(opentrail_bin, data_dir, tmp_path / "server.log", free_port(),
+                          extra_env={**SERVER_ENV, "OPENTRAIL_S3_ENDPOINT": endpoint,
+                                     "OPENTRAIL_S3_SERVER_SIDE_ENCRYPTION": "AES256"})
+    srv.start()
+    try:
+        client = s3_client()
+        bucket = create_bucket(client, bucket_name("sse"))
+        ct = cloudtrail_client(srv)
+        name = f"sse-{uid()}"
+        ct.create_trail(Name=name, S3BucketName=bucket)
+        ct.start_logging(Name=name)
+        marker = f"sse-{uid()}"
+        ids = set(srv.ingest_ok([rec(marker) for _ in range(3)]))
+        wait_delivered(client, bucket, marker, ids)
+        puts = [line for line in proxy_log if line.startswith("PUT ") and "/AWSLogs/" in line]
+        assert puts, proxy_log[-20:]
+        assert all(line.endswith("sse=AES256") for line in puts), puts
+    finally:
+        srv.stop()
+        proxy.shutdown()
+
+
+def test_an_unknown_server_side_encryption_is_refused_at_start(opentrail_bin, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    env = {**os.environ, "OPENTRAIL_DATA_DIR": str(data_dir),
+           "OPENTRAIL_S3_SERVER_SIDE_ENCRYPTION": "ROT13"}
+    p = subprocess.run([opentrail_bin, "serve", "--listen", f"127.0.0.1:{free_port()}"],
+                       env=env, capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0
+    assert "s3_server_side_encryption" in p.stderr and "ROT13" in p.stderr, p.stderr

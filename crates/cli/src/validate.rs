@@ -476,6 +476,8 @@ pub fn run(settings: &opentrail_server::Settings, args: &ValidateArgs) -> anyhow
                 access_key_id: std::env::var("AWS_ACCESS_KEY_ID").ok(),
                 secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
                 virtual_hosted_style: false,
+                server_side_encryption: None,
+                sse_kms_key_id: None,
             }),
             HashMap::new(),
         )

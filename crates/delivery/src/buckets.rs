@@ -73,7 +73,15 @@ pub struct S3Target {
     pub secret_access_key: Option<String>,
     /// `bucket.host` addressing instead of `host/bucket`.
     pub virtual_hosted_style: bool,
+    /// Server-side encryption asked of the store on every write (`x-amz-server-side-encryption`:
+    /// `AES256`, `aws:kms` or `aws:kms:dsse`), for stores that encrypt at rest.
+    pub server_side_encryption: Option<String>,
+    /// The store's own KMS key for `aws:kms` (`x-amz-server-side-encryption-aws-kms-key-id`).
+    pub sse_kms_key_id: Option<String>,
 }
+
+/// The server-side encryption values an S3 store may be asked for.
+pub const SSE_VALUES: [&str; 3] = ["AES256", "aws:kms", "aws:kms:dsse"];
 
 /// Where a bucket's objects live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +233,17 @@ impl Buckets {
                 }
                 if let (Some(k), Some(s)) = (&s3.access_key_id, &s3.secret_access_key) {
                     b = b.with_access_key_id(k).with_secret_access_key(s);
+                }
+                for (name, value) in [
+                    ("aws_server_side_encryption", &s3.server_side_encryption),
+                    ("aws_sse_kms_key_id", &s3.sse_kms_key_id),
+                ] {
+                    if let Some(v) = value {
+                        let key = name.parse().map_err(|e: object_store::Error| {
+                            BucketError::from_store(bucket, &e)
+                        })?;
+                        b = b.with_config(key, v);
+                    }
                 }
                 let store: Arc<dyn ObjectStore> =
                     Arc::new(b.build().map_err(|e| BucketError::from_store(bucket, &e))?);

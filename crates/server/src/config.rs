@@ -59,6 +59,11 @@ pub struct Settings {
     pub s3_secret_access_key: Option<String>,
     /// `bucket.host` addressing instead of path-style `host/bucket`. Default false.
     pub s3_virtual_hosted_style: bool,
+    /// Server-side encryption to ask of S3 stores on every write: `AES256`, `aws:kms` or
+    /// `aws:kms:dsse`. Default none (the store's own default).
+    pub s3_server_side_encryption: Option<String>,
+    /// The store's KMS key id for `aws:kms` server-side encryption.
+    pub s3_sse_kms_key_id: Option<String>,
     /// Buckets configured on their own (TOML `[buckets.NAME]` tables only).
     pub buckets: BTreeMap<String, BucketSettings>,
     /// Webhook subscribers of SNS topics: `topic=https://host/path` entries.
@@ -134,6 +139,8 @@ impl Default for Settings {
             s3_access_key_id: None,
             s3_secret_access_key: None,
             s3_virtual_hosted_style: false,
+            s3_server_side_encryption: None,
+            s3_sse_kms_key_id: None,
             buckets: BTreeMap::new(),
             sns_subscriptions: Vec::new(),
             sns_topic_secrets: Vec::new(),
@@ -191,6 +198,8 @@ struct FileSettings {
     s3_access_key_id: Option<String>,
     s3_secret_access_key: Option<String>,
     s3_virtual_hosted_style: Option<bool>,
+    s3_server_side_encryption: Option<String>,
+    s3_sse_kms_key_id: Option<String>,
     buckets: Option<BTreeMap<String, BucketSettings>>,
     sns_subscriptions: Option<Vec<String>>,
     sns_topic_secrets: Option<Vec<String>>,
@@ -278,6 +287,9 @@ impl Settings {
             s.s3_virtual_hosted_style = f
                 .s3_virtual_hosted_style
                 .unwrap_or(s.s3_virtual_hosted_style);
+            s.s3_server_side_encryption =
+                f.s3_server_side_encryption.or(s.s3_server_side_encryption);
+            s.s3_sse_kms_key_id = f.s3_sse_kms_key_id.or(s.s3_sse_kms_key_id);
             s.buckets = f.buckets.unwrap_or(s.buckets);
             s.sns_subscriptions = f.sns_subscriptions.unwrap_or(s.sns_subscriptions);
             s.sns_topic_secrets = f.sns_topic_secrets.unwrap_or(s.sns_topic_secrets);
@@ -391,6 +403,12 @@ impl Settings {
                 invalid("OPENTRAIL_S3_VIRTUAL_HOSTED_STYLE", "must be true or false")
             })?;
         }
+        if let Some(v) = get("s3_server_side_encryption") {
+            s.s3_server_side_encryption = Some(v.clone());
+        }
+        if let Some(v) = get("s3_sse_kms_key_id") {
+            s.s3_sse_kms_key_id = Some(v.clone());
+        }
         if let Some(v) = get("sns_subscriptions") {
             s.sns_subscriptions = list(v);
         }
@@ -467,6 +485,8 @@ impl Settings {
                 access_key_id: self.s3_access_key_id.clone(),
                 secret_access_key: self.s3_secret_access_key.clone(),
                 virtual_hosted_style: self.s3_virtual_hosted_style,
+                server_side_encryption: self.s3_server_side_encryption.clone(),
+                sse_kms_key_id: self.s3_sse_kms_key_id.clone(),
             }),
             None => Target::LocalRoot(root),
         };
@@ -493,6 +513,8 @@ impl Settings {
                         virtual_hosted_style: b
                             .s3_virtual_hosted_style
                             .unwrap_or(self.s3_virtual_hosted_style),
+                        server_side_encryption: self.s3_server_side_encryption.clone(),
+                        sse_kms_key_id: self.s3_sse_kms_key_id.clone(),
                     }),
                 };
                 (name.clone(), target)
@@ -543,6 +565,25 @@ impl Settings {
 
     /// Checks the settings hang together.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(v) = &self.s3_server_side_encryption
+            && !opentrail_delivery::buckets::SSE_VALUES.contains(&v.as_str())
+        {
+            return Err(invalid(
+                "s3_server_side_encryption",
+                format!("{v:?} is not one of AES256, aws:kms, aws:kms:dsse"),
+            ));
+        }
+        if self.s3_sse_kms_key_id.is_some()
+            && !self
+                .s3_server_side_encryption
+                .as_deref()
+                .is_some_and(|v| v.starts_with("aws:kms"))
+        {
+            return Err(invalid(
+                "s3_sse_kms_key_id",
+                "needs s3_server_side_encryption = aws:kms or aws:kms:dsse",
+            ));
+        }
         if !opentrail_model::ingest::is_valid_account(&self.account_id) {
             return Err(invalid(
                 "account_id",
