@@ -65,6 +65,7 @@ struct Args {
 mod auth;
 mod delivery;
 mod insights;
+mod pg;
 mod validate;
 
 /// Deterministic xorshift64* generator.
@@ -620,10 +621,11 @@ fn main() -> anyhow::Result<()> {
 
     // Durable ingest.
     println!("\n## Durable ingest (fsync before ack)\n");
+    let pg = pg::Pg::start()?;
     println!(
-        "| batch | clients | OpenTrail events/s | OpenTrail call p50 / p99 ms | SQLite events/s | SQLite txn p50 / p99 ms | ratio |"
+        "| batch | clients | OpenTrail events/s | OpenTrail call p50 / p99 ms | SQLite events/s | SQLite txn p50 / p99 ms | PostgreSQL events/s | PostgreSQL txn p50 / p99 ms | ratio to the faster peer |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut offset = 1_000_000_000u64;
     for (batch, clients) in [(100, 1), (100, 8), (1000, 1), (1000, 8)] {
         let batches = Arc::new(make_batches(
@@ -650,19 +652,49 @@ fn main() -> anyhow::Result<()> {
                 .map(|_| sqlite_open(&db).map(std::sync::Mutex::new))
                 .collect::<Result<_, _>>()?,
         );
-        let peer = run_clients(batches, clients, move |client, events, _| {
+        let peer = run_clients(Arc::clone(&batches), clients, move |client, events, _| {
             let mut c = conns[client].lock().map_err(|_| anyhow::anyhow!("lock"))?;
             sqlite_insert(&mut c, events)
         })?;
+        let postgres = match &pg {
+            Some(pg) => {
+                let table = format!("ingest_{batch}_{clients}");
+                pg::create_table(&mut pg.connect()?, &table)?;
+                let conns: Arc<Vec<std::sync::Mutex<postgres::Client>>> = Arc::new(
+                    (0..clients)
+                        .map(|_| pg.connect().map(std::sync::Mutex::new))
+                        .collect::<Result<_, _>>()?,
+                );
+                Some(run_clients(batches, clients, move |client, events, _| {
+                    let mut c = conns[client].lock().map_err(|_| anyhow::anyhow!("lock"))?;
+                    pg::insert(&mut c, &table, events)
+                })?)
+            }
+            None => None,
+        };
+        let best_peer = postgres
+            .as_ref()
+            .map_or(peer.events_per_s, |p| p.events_per_s.max(peer.events_per_s));
+        let pg_cells = postgres.as_ref().map_or_else(
+            || "– | –".to_owned(),
+            |p| {
+                format!(
+                    "{:.0} | {:.2} / {:.2}",
+                    p.events_per_s,
+                    ms(p.p50),
+                    ms(p.p99)
+                )
+            },
+        );
         println!(
-            "| {batch} | {clients} | {:.0} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {:.2}× |",
+            "| {batch} | {clients} | {:.0} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {pg_cells} | {:.2}× |",
             ours.events_per_s,
             ms(ours.p50),
             ms(ours.p99),
             peer.events_per_s,
             ms(peer.p50),
             ms(peer.p99),
-            ours.events_per_s / peer.events_per_s
+            ours.events_per_s / best_peer
         );
     }
 
@@ -679,6 +711,15 @@ fn main() -> anyhow::Result<()> {
     let load_started = Instant::now();
     let mut ot_load = Duration::ZERO;
     let mut sqlite_load = Duration::ZERO;
+    let mut pg_load = Duration::ZERO;
+    let mut pg_client = match &pg {
+        Some(pg) => {
+            let mut c = pg.connect()?;
+            pg::create_table(&mut c, "lookup_events")?;
+            Some(c)
+        }
+        None => None,
+    };
     let chunk = 100_000;
     while loaded < args.lookup_events {
         let n = chunk.min(args.lookup_events - loaded);
@@ -692,6 +733,13 @@ fn main() -> anyhow::Result<()> {
             sqlite_insert(&mut db, events)?;
         }
         sqlite_load += t.elapsed();
+        if let Some(c) = pg_client.as_mut() {
+            let t = Instant::now();
+            for (events, _) in batches.iter() {
+                pg::insert(c, "lookup_events", events)?;
+            }
+            pg_load += t.elapsed();
+        }
         loaded += n;
     }
     let t = Instant::now();
@@ -700,19 +748,33 @@ fn main() -> anyhow::Result<()> {
     }
     let index_catch_up = t.elapsed();
     println!(
-        "loaded in {:.1} s (OpenTrail ingest {:.1} s + index catch-up after the last ack {:.2} s; SQLite {:.1} s)",
+        "loaded in {:.1} s (OpenTrail ingest {:.1} s + index catch-up after the last ack {:.2} s; SQLite {:.1} s; PostgreSQL {:.1} s)",
         load_started.elapsed().as_secs_f64(),
         ot_load.as_secs_f64(),
         index_catch_up.as_secs_f64(),
-        sqlite_load.as_secs_f64()
+        sqlite_load.as_secs_f64(),
+        pg_load.as_secs_f64()
     );
     let ot_bytes = dir_size(&dir);
     let sqlite_bytes =
         dir_size(&root.join("lookup-sqlite.db")) + dir_size(&root.join("lookup-sqlite.db-wal"));
+    let pg_bytes = match pg_client.as_mut() {
+        Some(c) => {
+            c.batch_execute("VACUUM ANALYZE lookup_events")?;
+            Some(pg::table_bytes(c, "lookup_events")?)
+        }
+        None => None,
+    };
+    let per = |b: u64| b as f64 / args.lookup_events as f64;
     println!(
-        "storage: OpenTrail {:.0} B/event, SQLite {:.0} B/event",
-        ot_bytes as f64 / args.lookup_events as f64,
-        sqlite_bytes as f64 / args.lookup_events as f64
+        "storage: OpenTrail {:.0} B/event, SQLite {:.0} B/event{}",
+        per(ot_bytes),
+        per(sqlite_bytes),
+        pg_bytes.map_or_else(String::new, |b| format!(
+            ", PostgreSQL {:.0} B/event (table, TOAST and indexes; OpenTrail/PostgreSQL {:.0}%)",
+            per(b),
+            100.0 * ot_bytes as f64 / b as f64
+        ))
     );
 
     let probe = events(args.seed, 0, args.lookups, now_s);
@@ -750,6 +812,20 @@ fn main() -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?;
         Ok(rows.len())
     })?;
+    let pg_measured = match pg_client.take() {
+        Some(c) => {
+            let mut l = pg::Lookups::new(c, "lookup_events")?;
+            Some(measure(
+                "PostgreSQL (in-process client, Unix socket)",
+                &queries,
+                |_, col, v| l.lookup(col, v, now_s - 90 * 86_400),
+            )?)
+        }
+        None => None,
+    };
+    if let Some(pg) = pg {
+        pg.stop();
+    }
     Arc::try_unwrap(ot)
         .map_err(|_| anyhow::anyhow!("server still shared"))?
         .stop()?;
@@ -790,6 +866,15 @@ fn main() -> anyhow::Result<()> {
         peer.p99_ms / ours.p99_ms,
         ours.rate / peer.rate
     );
+    if let Some(p) = pg_measured {
+        println!(
+            "PostgreSQL: p99 PostgreSQL/OpenTrail {:.2}× (engine) and {:.2}× (over HTTP); lookups/s OpenTrail/PostgreSQL {:.2}× (engine) and {:.2}× (over HTTP)",
+            p.p99_ms / engine.p99_ms,
+            p.p99_ms / ours.p99_ms,
+            engine.rate / p.rate,
+            ours.rate / p.rate
+        );
+    }
     Ok(())
 }
 
