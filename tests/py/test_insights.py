@@ -359,10 +359,13 @@ def test_counters_and_insights_survive_kill9(server, story, trail):
             break
         time.sleep(0.5)
     assert sum(r["Values"]) == 20_000
-    # No Insight is recorded twice after the restart.
+    # No Insight is recorded twice after the restart. (The fresh API's 20,000 calls may well be
+    # an Insight of their own, through the hour window, once a minute completes: only the
+    # earlier ones are compared.)
     time.sleep(3)
-    after = insights(server)
-    assert sorted(r["eventID"] for r in after) == sorted(r["eventID"] for r in before)
+    after = [r["eventID"] for r in insights(server)]
+    assert len(after) == len(set(after)), "an Insight recorded twice"
+    assert {r["eventID"] for r in before} <= set(after)
 
 
 def test_a_live_burst_is_reported_within_two_minutes(server, story, trail):
