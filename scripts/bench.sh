@@ -12,8 +12,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 mode="${1:-quick}"
 case "$mode" in
-    quick) lookup_events=1000000; ingest_events=100000; validate_mb=300 ;;
-    full) lookup_events=10000000; ingest_events=200000; validate_mb=1000 ;;
+    quick) lookup_events=1000000; ingest_events=100000; validate_mb=300; recovery_events=300000 ;;
+    full) lookup_events=10000000; ingest_events=200000; validate_mb=1000; recovery_events=2000000 ;;
     *) echo "usage: scripts/bench.sh [quick|full]" >&2; exit 2 ;;
 esac
 
@@ -57,5 +57,6 @@ out="bench-$mode.md"
     "$bench" --suite delivery
     "$bench" --suite validate --validate-mb "$validate_mb"
     "$bench" --suite auth
+    "$bench" --suite recovery --recovery-events "$recovery_events"
 } 2>&1 | tee "$out"
 echo "tables written to $out" >&2

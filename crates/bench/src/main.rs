@@ -28,8 +28,13 @@ struct Args {
     /// LookupEvents with auth on vs off on `--auth-events` stored events), or insights (the
     /// Insights detector's precision, recall and delay on synthetic traffic with injected
     /// anomalies, beside mean + 3σ).
-    #[arg(long, default_value = "all", value_parser = ["all", "ingest-lookup", "delivery", "validate", "auth", "insights"])]
+    /// Or recovery: start-up, restart after SIGKILL with the index behind, and peak RSS, on the
+    /// real binary as a child process (`--recovery-events`).
+    #[arg(long, default_value = "all", value_parser = ["all", "ingest-lookup", "delivery", "validate", "auth", "insights", "recovery"])]
     suite: String,
+    /// Events ingested before the SIGKILL of the recovery benchmark.
+    #[arg(long, default_value_t = 1_000_000)]
+    recovery_events: usize,
     /// MB of JSON delivered for the validation benchmark.
     #[arg(long, default_value_t = 1_000)]
     validate_mb: u64,
@@ -66,6 +71,7 @@ mod auth;
 mod delivery;
 mod insights;
 mod pg;
+mod recovery;
 mod validate;
 
 /// Deterministic xorshift64* generator.
@@ -251,6 +257,33 @@ impl OpenTrail {
             account_id: ACCOUNT.to_owned(),
             ..opentrail_server::Settings::default()
         })
+    }
+
+    /// A client of a server running elsewhere (a child process), signing with the bench's root
+    /// key.
+    fn remote(url: &str) -> Self {
+        OpenTrail {
+            url: url.to_owned(),
+            shutdown: None,
+            thread: None,
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(60)))
+                .build()
+                .into(),
+            creds: Some(opentrail_auth::client::Credentials::new(
+                ROOT_ID.to_owned(),
+                ROOT_SECRET.to_owned(),
+            )),
+        }
+    }
+
+    /// Whether `/health` answers 200.
+    fn healthy(&self) -> bool {
+        self.agent
+            .get(&format!("{}/health", self.url))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
     }
 
     fn start_with(mut settings: opentrail_server::Settings) -> anyhow::Result<Self> {
@@ -608,6 +641,9 @@ fn main() -> anyhow::Result<()> {
     );
     if args.suite == "auth" {
         return auth::run(args.seed, args.auth_events, args.lookups, &root, now_s);
+    }
+    if args.suite == "recovery" {
+        return recovery::run(args.seed, args.recovery_events, &root, now_s);
     }
     if args.suite == "validate" {
         return validate::run(args.seed, args.validate_mb, &root, now_s);
