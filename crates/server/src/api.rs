@@ -186,6 +186,61 @@ pub(crate) fn error_reply(ctx: &CallContext, e: &ApiError) -> Response {
     reply(ctx, status, e.body())
 }
 
+/// A call's body, at most `max` bytes; a body too large or broken is a `SerializationException`.
+pub(crate) async fn read_call_body(
+    body: axum::body::Body,
+    max: usize,
+) -> Result<Vec<u8>, ApiError> {
+    read_body(body, max).await.map_err(|e| match e {
+        BodyError::TooLarge => ApiError::new(
+            Exception::SerializationException,
+            format!("request body is larger than {max} bytes"),
+        ),
+        BodyError::Broken(m) => ApiError::new(
+            Exception::SerializationException,
+            format!("request body could not be read: {m}"),
+        ),
+    })
+}
+
+/// Records a call's self-audit record (`request` as its requestParameters) and gives its
+/// sequence number when it waited for it. When the record cannot be stored, the answer the
+/// caller gets instead: an audit trail that cannot record its own API calls must not answer
+/// them.
+pub(crate) async fn record_call(
+    app: &App,
+    ctx: &CallContext,
+    event_name: &str,
+    read_only: bool,
+    request: &[u8],
+    result: &Result<Vec<u8>, ApiError>,
+) -> Result<Option<u64>, Response> {
+    let outcome = match result {
+        Ok(resp) => Outcome::Success { response: resp },
+        Err(e) => Outcome::Failure { error: e },
+    };
+    audit::record(app, ctx, event_name, read_only, request, outcome)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, operation = %event_name, "self-audit record could not be stored");
+            error_reply(
+                ctx,
+                &ApiError::new(
+                    Exception::ServiceUnavailable,
+                    "the call could not be recorded; try again",
+                ),
+            )
+        })
+}
+
+/// The answer to a call: its JSON, or its error.
+pub(crate) fn answer(ctx: &CallContext, result: Result<Vec<u8>, ApiError>) -> Response {
+    match result {
+        Ok(resp) => reply(ctx, StatusCode::OK, resp),
+        Err(e) => error_reply(ctx, &e),
+    }
+}
+
 fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(value).map_err(|e| ApiError::new(Exception::InternalFailure, e.to_string()))
 }
@@ -288,21 +343,8 @@ pub(crate) async fn handle(
     }
     let mut ctx = CallContext::new(&app, &parts.headers, peer, "cloudtrail.amazonaws.com");
     let op = parse_target(target.as_deref());
-    let (body, result) = match read_body(body, MAX_API_BODY).await {
-        Err(BodyError::TooLarge) => (
-            Vec::new(),
-            Err(ApiError::new(
-                Exception::SerializationException,
-                format!("request body is larger than {MAX_API_BODY} bytes"),
-            )),
-        ),
-        Err(BodyError::Broken(m)) => (
-            Vec::new(),
-            Err(ApiError::new(
-                Exception::SerializationException,
-                format!("request body could not be read: {m}"),
-            )),
-        ),
+    let (body, result) = match read_call_body(body, MAX_API_BODY).await {
+        Err(e) => (Vec::new(), Err(e)),
         Ok(b) => match ctx.authenticate(&app, &parts, &b, &["cloudtrail"]) {
             Err(e) => (b, Err(e)),
             Ok(caller) => match &op {
@@ -329,30 +371,14 @@ pub(crate) async fn handle(
         (Err(_), None) => "UnknownOperation".to_owned(),
     };
     let read_only = op.as_ref().map(|o| o.is_read_only()).unwrap_or(false);
-    let outcome = match &result {
-        Ok(resp) => Outcome::Success { response: resp },
-        Err(e) => Outcome::Failure { error: e },
-    };
-    match audit::record(&app, &ctx, &event_name, read_only, &body, outcome).await {
-        Ok(seq) => {
-            if let (Some(seq), Some(arn)) = (seq, ctx.stopped_trail.get()) {
+    match record_call(&app, &ctx, &event_name, read_only, &body, &result).await {
+        Ok(Some(seq)) => {
+            if let Some(arn) = ctx.stopped_trail.get() {
                 trails::seal_stop(&app, arn.clone(), seq).await;
             }
         }
-        Err(e) => {
-            // An audit trail that cannot record its own API calls must not answer them.
-            tracing::error!(error = %e, operation = %event_name, "self-audit record could not be stored");
-            return error_reply(
-                &ctx,
-                &ApiError::new(
-                    Exception::ServiceUnavailable,
-                    "the call could not be recorded; try again",
-                ),
-            );
-        }
+        Ok(None) => {}
+        Err(refused) => return refused,
     }
-    match result {
-        Ok(resp) => reply(&ctx, StatusCode::OK, resp),
-        Err(e) => error_reply(&ctx, &e),
-    }
+    answer(&ctx, result)
 }

@@ -6,16 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::Response;
 use opentrail_auth::iam;
 use opentrail_protocol::{ApiError, Exception};
 
 use crate::App;
-use crate::api::{CallContext, error_reply, reply};
-use crate::audit::{self, Outcome};
-use crate::http::{BodyError, read_body};
+use crate::api::{CallContext, answer, read_call_body, record_call};
 
 /// `X-Amz-Target` prefix of the admin API.
 pub(crate) const TARGET_PREFIX: &str = "OpenTrailIAM.";
@@ -72,21 +69,8 @@ pub(crate) async fn handle(
 ) -> Response {
     let mut ctx = CallContext::new(&app, &parts.headers, peer, "iam.amazonaws.com");
     let read_only = iam::lookup_action(&action);
-    let (body, result) = match read_body(body, MAX_BODY).await {
-        Err(BodyError::TooLarge) => (
-            Vec::new(),
-            Err(ApiError::new(
-                Exception::SerializationException,
-                format!("request body is larger than {MAX_BODY} bytes"),
-            )),
-        ),
-        Err(BodyError::Broken(m)) => (
-            Vec::new(),
-            Err(ApiError::new(
-                Exception::SerializationException,
-                format!("request body could not be read: {m}"),
-            )),
-        ),
+    let (body, result) = match read_call_body(body, MAX_BODY).await {
+        Err(e) => (Vec::new(), Err(e)),
         Ok(b) => {
             let r = run(&app, &mut ctx, &parts, &b, &action, read_only).await;
             (b, r)
@@ -97,31 +81,17 @@ pub(crate) async fn handle(
         .filter(char::is_ascii_alphanumeric)
         .take(128)
         .collect();
-    let outcome = match &result {
-        Ok(resp) => Outcome::Success { response: resp },
-        Err(e) => Outcome::Failure { error: e },
-    };
-    if let Err(e) = audit::record(
+    if let Err(refused) = record_call(
         &app,
         &ctx,
         &event_name,
         read_only.unwrap_or(false),
         &body,
-        outcome,
+        &result,
     )
     .await
     {
-        tracing::error!(error = %e, operation = %event_name, "self-audit record could not be stored");
-        return error_reply(
-            &ctx,
-            &ApiError::new(
-                Exception::ServiceUnavailable,
-                "the call could not be recorded; try again",
-            ),
-        );
+        return refused;
     }
-    match result {
-        Ok(resp) => reply(&ctx, StatusCode::OK, resp),
-        Err(e) => error_reply(&ctx, &e),
-    }
+    answer(&ctx, result)
 }

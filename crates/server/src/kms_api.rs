@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::Response;
 use base64::Engine as _;
@@ -22,9 +21,7 @@ use opentrail_protocol::{ApiError, Exception};
 use serde_json::{Map, Value, json};
 
 use crate::App;
-use crate::api::{CallContext, error_reply, reply};
-use crate::audit::{self, Outcome};
-use crate::http::{BodyError, read_body};
+use crate::api::{CallContext, answer, read_call_body, record_call};
 
 /// `X-Amz-Target` prefix of the KMS API.
 pub(crate) const TARGET_PREFIX: &str = "TrentService.";
@@ -617,7 +614,7 @@ async fn run(
     body: &[u8],
     op: &str,
     read_only: Option<bool>,
-) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     let caller = ctx.authenticate(app, parts, body, &["kms"])?;
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
@@ -629,7 +626,6 @@ async fn run(
             )
         })?
     };
-    let audited = audited_request(&value);
     if read_only.is_none() {
         return Err(ApiError::new(
             Exception::UnsupportedOperationException,
@@ -662,9 +658,8 @@ async fn run(
         ctx.now_ms,
     )?;
     let out = dispatch(app, &ctx.region.clone(), op, &r).await?;
-    let bytes = serde_json::to_vec(&out)
-        .map_err(|e| ApiError::new(Exception::KMSInternalException, e.to_string()))?;
-    Ok((bytes, audited))
+    serde_json::to_vec(&out)
+        .map_err(|e| ApiError::new(Exception::KMSInternalException, e.to_string()))
 }
 
 pub(crate) async fn handle(
@@ -676,55 +671,28 @@ pub(crate) async fn handle(
 ) -> Response {
     let mut ctx = CallContext::new(&app, &parts.headers, peer, "kms.amazonaws.com");
     let read_only = lookup(&op);
-    let (audited, result) = match read_body(body, MAX_BODY).await {
-        Err(BodyError::TooLarge) => (
-            Vec::new(),
-            Err(ApiError::new(
-                Exception::SerializationException,
-                format!("request body is larger than {MAX_BODY} bytes"),
-            )),
-        ),
-        Err(BodyError::Broken(m)) => (
-            Vec::new(),
-            Err(ApiError::new(
-                Exception::SerializationException,
-                format!("request body could not be read: {m}"),
-            )),
-        ),
-        Ok(b) => match run(&app, &mut ctx, &parts, &b, &op, read_only).await {
-            Ok((resp, audited)) => (audited, Ok(resp)),
-            Err(e) => {
-                let audited = serde_json::from_slice::<Value>(&b)
-                    .map(|v| audited_request(&v))
-                    .unwrap_or_default();
-                (audited, Err(e))
-            }
-        },
+    let (audited, result) = match read_call_body(body, MAX_BODY).await {
+        Err(e) => (Vec::new(), Err(e)),
+        Ok(b) => {
+            let audited = serde_json::from_slice::<Value>(&b)
+                .map(|v| audited_request(&v))
+                .unwrap_or_default();
+            (
+                audited,
+                run(&app, &mut ctx, &parts, &b, &op, read_only).await,
+            )
+        }
     };
     let event_name: String = op
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .take(128)
         .collect();
-    let outcome = match &result {
-        Ok(resp) => Outcome::Success { response: resp },
-        Err(e) => Outcome::Failure { error: e },
-    };
-    let read_only = read_only.unwrap_or(false);
     // A data key's plaintext never enters a record: crypto operations are read-only, and
     // read-only calls record no response.
-    if let Err(e) = audit::record(&app, &ctx, &event_name, read_only, &audited, outcome).await {
-        tracing::error!(error = %e, operation = %event_name, "self-audit record could not be stored");
-        return error_reply(
-            &ctx,
-            &ApiError::new(
-                Exception::ServiceUnavailable,
-                "the call could not be recorded; try again",
-            ),
-        );
+    let read_only = read_only.unwrap_or(false);
+    if let Err(refused) = record_call(&app, &ctx, &event_name, read_only, &audited, &result).await {
+        return refused;
     }
-    match result {
-        Ok(resp) => reply(&ctx, StatusCode::OK, resp),
-        Err(e) => error_reply(&ctx, &e),
-    }
+    answer(&ctx, result)
 }
