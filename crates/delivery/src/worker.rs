@@ -788,6 +788,32 @@ impl Deliverer {
 
 /// The blocking part of a step: decide the plan, read and filter the records, build the files,
 /// and store the plan if it has files.
+/// Makes a data key, wrapped by the trail's key `key_arn`, for each of `object_keys` that has
+/// none in `keys` yet. Returns whether it made any.
+fn add_data_keys(
+    kms: Option<&KeyService>,
+    trail_arn: &str,
+    key_arn: &str,
+    bucket: &str,
+    object_keys: &[String],
+    keys: &mut std::collections::BTreeMap<String, String>,
+) -> Result<bool, DeliveryError> {
+    let kms =
+        kms.ok_or_else(|| crate::kms::KmsError::Internal("no key service to encrypt with".into()))?;
+    // Keys answer in their own region: the fourth field of their ARN.
+    let region = key_arn.split(':').nth(3).unwrap_or_default();
+    let mut made = false;
+    for k in object_keys {
+        if !keys.contains_key(k) {
+            let context = crate::kms::envelope::context(trail_arn, bucket, k);
+            let dk = kms.data_key(region, key_arn, &context)?;
+            keys.insert(k.clone(), B64.encode(&dk.blob));
+            made = true;
+        }
+    }
+    Ok(made)
+}
+
 /// The data keys of a round's digests (digest key → wrapped data key) for a trail with a key,
 /// making and storing in the round any that are missing; the trail's ARN with them. Blocking.
 fn digest_data_keys(
@@ -804,19 +830,7 @@ fn digest_data_keys(
     let Some(key_arn) = &trail.kms_key_arn else {
         return Ok((trail.arn, keys));
     };
-    let kms =
-        kms.ok_or_else(|| crate::kms::KmsError::Internal("no key service to encrypt with".into()))?;
-    let region = key_arn.split(':').nth(3).unwrap_or_default();
-    let mut new = false;
-    for k in digest_keys {
-        if !keys.contains_key(k) {
-            let context = crate::kms::envelope::context(&trail.arn, bucket, k);
-            let dk = kms.data_key(region, key_arn, &context)?;
-            keys.insert(k.clone(), B64.encode(&dk.blob));
-            new = true;
-        }
-    }
-    if new {
+    if add_data_keys(kms, &trail.arn, key_arn, bucket, digest_keys, &mut keys)? {
         let stored = keys.clone();
         catalog.update_delivery(
             arn,
@@ -938,22 +952,20 @@ fn prepare(
         (Some(s), Some(_)) => s.plan_data_keys.clone(),
         _ => std::collections::BTreeMap::new(),
     };
-    let mut new_keys = false;
-    if let Some(key_arn) = &trail.kms_key_arn {
-        let kms = kms.ok_or_else(|| {
-            crate::kms::KmsError::Internal("no key service to encrypt with".into())
-        })?;
-        let region = key_arn.split(':').nth(3).unwrap_or_default();
-        for f in &files {
-            if !data_keys.contains_key(&f.key) {
-                let context =
-                    crate::kms::envelope::context(&trail.arn, &trail.s3_bucket_name, &f.key);
-                let dk = kms.data_key(region, key_arn, &context)?;
-                data_keys.insert(f.key.clone(), B64.encode(&dk.blob));
-                new_keys = true;
-            }
+    let new_keys = match &trail.kms_key_arn {
+        Some(key_arn) => {
+            let keys: Vec<String> = files.iter().map(|f| f.key.clone()).collect();
+            add_data_keys(
+                kms,
+                &trail.arn,
+                key_arn,
+                &trail.s3_bucket_name,
+                &keys,
+                &mut data_keys,
+            )?
         }
-    }
+        None => false,
+    };
     if stored_plan.is_none() || new_keys {
         let keys = data_keys.clone();
         catalog.update_delivery(
