@@ -7,6 +7,9 @@
 #   OPENTRAIL_VENV     the Python venv (default: $HOME/.cache/opentrail-venv)
 #   OPENTRAIL_TOOLS    where test servers are installed (default: $HOME/.cache/opentrail-tools);
 #                      s3s-fs 0.14.1, the S3-compatible server the delivery tests write to
+#   CHROMIUM           the browser the console tests drive (default: /usr/bin/chromium, from
+#                      Debian's package, installed when missing); playwright-core from npm is
+#                      installed into tests/console/node_modules by `npm ci`
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -33,6 +36,25 @@ if ! "$tools/bin/s3s-fs" --version 2>/dev/null | grep -q '0\.14\.1'; then
 fi
 export OPENTRAIL_S3S_FS="$tools/bin/s3s-fs"
 
+step "Chromium and playwright-core (console tests)"
+if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "Chromium is required for the console tests (set CHROMIUM to its path)" >&2
+        exit 1
+    fi
+fi
+if ! command -v npm >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    else
+        echo "Node.js and npm are required for the console tests" >&2
+        exit 1
+    fi
+fi
+(cd tests/console && npm ci --silent --no-audit --no-fund)
+
 step "cargo fmt --check"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
@@ -43,7 +65,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (unit, integration, crash)"
 cargo test --workspace --locked
 
-step "end-to-end: AWS CLI v1 and boto3 against opentrail serve"
+step "end-to-end: AWS CLI v1, boto3 and the console in Chromium against opentrail serve"
 cargo build -p opentrail --locked
 OPENTRAIL_BIN="$CARGO_TARGET_DIR/debug/opentrail" "$venv/bin/python" -m pytest tests/py -q -p no:cacheprovider
 

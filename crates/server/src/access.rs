@@ -11,7 +11,7 @@ use base64::Engine as _;
 use opentrail_auth::directory::AccessKey;
 use opentrail_auth::iam::{self, IamError, Minter};
 use opentrail_auth::policy::{self, Context, Decision};
-use opentrail_auth::sigv4::{self, AuthError, Request};
+use opentrail_auth::sigv4::{self, AuthError, Request, SecretSource};
 use opentrail_auth::{Directory, Principal, PrincipalKind, Snapshot, Verifier};
 use opentrail_catalog::Catalog;
 use opentrail_delivery::MasterKey;
@@ -271,6 +271,55 @@ impl Access {
             },
             Some(verified.region),
         ))
+    }
+
+    /// Checks a console sign-in: the caller when `secret` is the active key's secret; otherwise
+    /// the principal the key belongs to (if it is known and active), for the record of the
+    /// failure.
+    pub fn sign_in(
+        &self,
+        access_key_id: &str,
+        secret: &str,
+    ) -> Result<Caller, Option<Arc<Principal>>> {
+        if self.disabled {
+            return Ok(Caller {
+                principal: Arc::clone(&self.root_principal),
+                access_key_id: None,
+            });
+        }
+        let snapshot = self.current();
+        let principal = snapshot.principal(access_key_id);
+        let stored = snapshot.secret(access_key_id);
+        match (principal, stored) {
+            // Digests of both are compared, so the time taken tells nothing of the secret.
+            (Some(p), Some(s))
+                if aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.secret.as_bytes())
+                    .as_ref()
+                    == aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes())
+                        .as_ref() =>
+            {
+                Ok(Caller {
+                    principal: p,
+                    access_key_id: Some(access_key_id.to_owned()),
+                })
+            }
+            (p, _) => Err(p),
+        }
+    }
+
+    /// The caller behind a console session's key, while that key is active.
+    pub fn session_caller(&self, access_key_id: Option<&str>) -> Option<Caller> {
+        match access_key_id {
+            None if self.disabled => Some(Caller {
+                principal: Arc::clone(&self.root_principal),
+                access_key_id: None,
+            }),
+            None => None,
+            Some(id) => self.current().principal(id).map(|principal| Caller {
+                principal,
+                access_key_id: Some(id.to_owned()),
+            }),
+        }
     }
 
     /// The access key id a request claims, for recording a call that failed to authenticate.

@@ -42,6 +42,8 @@ pub(crate) struct CallContext {
     pub stopped_trail: std::sync::OnceLock<String>,
     /// The record's `resources` (the KMS key a key-service call used).
     pub resources: Vec<opentrail_model::record::Resource>,
+    /// The call came from a console session (recorded as `sessionCredentialFromConsole`).
+    pub console: bool,
 }
 
 impl CallContext {
@@ -67,6 +69,7 @@ impl CallContext {
             now_ms: App::now_ms(),
             stopped_trail: std::sync::OnceLock::new(),
             resources: Vec::new(),
+            console: false,
         }
     }
 
@@ -343,23 +346,35 @@ pub(crate) async fn handle(
     }
     let mut ctx = CallContext::new(&app, &parts.headers, peer, "cloudtrail.amazonaws.com");
     let op = parse_target(target.as_deref());
-    let (body, result) = match read_call_body(body, MAX_API_BODY).await {
+    let (body, caller) = match read_call_body(body, MAX_API_BODY).await {
         Err(e) => (Vec::new(), Err(e)),
-        Ok(b) => match ctx.authenticate(&app, &parts, &b, &["cloudtrail"]) {
-            Err(e) => (b, Err(e)),
-            Ok(caller) => match &op {
-                Err(e) => (b, Err(e.clone())),
-                Ok(op) => match authorize(&app, &ctx, &caller, *op, &b) {
-                    Err(e) => (b, Err(e)),
-                    Ok(()) => {
-                        let r = dispatch(&app, &ctx, *op, &b).await;
-                        (b, r)
-                    }
-                },
-            },
+        Ok(b) => {
+            let caller = ctx.authenticate(&app, &parts, &b, &["cloudtrail"]);
+            (b, caller)
+        }
+    };
+    run_call(&app, &ctx, caller, op, target.as_deref(), &body).await
+}
+
+/// Authorizes and runs one CloudTrail operation for `caller` (or its failure to authenticate),
+/// records the call and answers it. The signed API and the console both end here.
+pub(crate) async fn run_call(
+    app: &Arc<App>,
+    ctx: &CallContext,
+    caller: Result<Caller, ApiError>,
+    op: Result<Operation, ApiError>,
+    target: Option<&str>,
+    body: &[u8],
+) -> Response {
+    let result = match (caller, &op) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e.clone()),
+        (Ok(caller), Ok(op)) => match authorize(app, ctx, &caller, *op, body) {
+            Err(e) => Err(e),
+            Ok(()) => dispatch(app, ctx, *op, body).await,
         },
     };
-    let event_name = match (&op, &target) {
+    let event_name = match (&op, target) {
         (Ok(op), _) => op.name().to_owned(),
         (Err(_), Some(t)) => t
             .rsplit('.')
@@ -371,14 +386,14 @@ pub(crate) async fn handle(
         (Err(_), None) => "UnknownOperation".to_owned(),
     };
     let read_only = op.as_ref().map(|o| o.is_read_only()).unwrap_or(false);
-    match record_call(&app, &ctx, &event_name, read_only, &body, &result).await {
+    match record_call(app, ctx, &event_name, read_only, body, &result).await {
         Ok(Some(seq)) => {
             if let Some(arn) = ctx.stopped_trail.get() {
-                trails::seal_stop(&app, arn.clone(), seq).await;
+                trails::seal_stop(app, arn.clone(), seq).await;
             }
         }
         Ok(None) => {}
         Err(refused) => return refused,
     }
-    answer(&ctx, result)
+    answer(ctx, result)
 }

@@ -145,6 +145,7 @@ pub(crate) fn build(
         recipient_account_id: Some(ctx.account.clone()),
         event_category: Some("Management".to_owned()),
         resources: (!ctx.resources.is_empty()).then(|| ctx.resources.clone()),
+        session_credential_from_console: ctx.console.then(|| "true".to_owned()),
         ..Record::default()
     })
 }
@@ -162,17 +163,58 @@ pub(crate) async fn record(
     outcome: Outcome<'_>,
 ) -> Result<Option<u64>, AuditError> {
     let record = build(ctx, event_name, read_only, request, &outcome)?;
+    append(app, ctx.now_ms, &record, !read_only).await
+}
+
+/// Appends one record dated `now_ms`; when `wait`, returns only once it is durable, with its
+/// sequence number.
+pub(crate) async fn append(
+    app: &App,
+    now_ms: i64,
+    record: &Record,
+    wait: bool,
+) -> Result<Option<u64>, AuditError> {
     let json = record.to_json()?;
     // Event time has second precision, as CloudTrail writes it.
-    let time_ms = ctx.now_ms - ctx.now_ms.rem_euclid(1000);
+    let time_ms = now_ms - now_ms.rem_euclid(1000);
     let pending = app.log.submit(vec![NewRecord { time_ms, json }])?;
-    if read_only {
+    if !wait {
         return Ok(None);
     }
     let appended = pending
         .await
         .map_err(|_| opentrail_log::LogError::Closed)??;
     Ok(Some(appended.first_seq))
+}
+
+/// The record of a console sign-in, as CloudTrail writes `ConsoleLogin` (eventSource
+/// `signin.amazonaws.com`, eventType `AwsConsoleSignIn`): success or failure is in
+/// `responseElements`, a failure says `Failed authentication`.
+pub(crate) fn console_login(
+    ctx: &CallContext,
+    success: bool,
+    login_to: &str,
+) -> Result<Record, serde_json::Error> {
+    let mut record = build(
+        ctx,
+        "ConsoleLogin",
+        false,
+        b"",
+        &Outcome::Success { response: b"" },
+    )?;
+    let outcome = if success { "Success" } else { "Failure" };
+    record.event_type = Some("AwsConsoleSignIn".to_owned());
+    record.request_parameters = Some(RawValue::from_string("null".to_owned())?);
+    record.response_elements = Some(RawValue::from_string(serde_json::to_string(
+        &serde_json::json!({ "ConsoleLogin": outcome }),
+    )?)?);
+    record.additional_event_data = Some(RawValue::from_string(serde_json::to_string(
+        &serde_json::json!({ "LoginTo": login_to, "MobileVersion": "No", "MFAUsed": "No" }),
+    )?)?);
+    if !success {
+        record.error_message = Some("Failed authentication".to_owned());
+    }
+    Ok(record)
 }
 
 #[cfg(test)]
@@ -194,6 +236,7 @@ mod tests {
             now_ms: 1_767_323_045_123,
             stopped_trail: std::sync::OnceLock::new(),
             resources: Vec::new(),
+            console: false,
         }
     }
 

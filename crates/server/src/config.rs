@@ -99,6 +99,8 @@ pub struct Settings {
     /// When Insights are first enabled, look for anomalies in the whole stored history instead
     /// of from then on. Default false.
     pub insights_backfill: bool,
+    /// How long a console sign-in lasts. Default 12 hours.
+    pub console_session_ttl: Duration,
 }
 
 /// Where one bucket lives, when it is not where the global settings put buckets.
@@ -155,6 +157,7 @@ impl Default for Settings {
             insights_min_history: Duration::from_secs(86_400),
             insights_settle: Duration::from_secs(5),
             insights_backfill: false,
+            console_session_ttl: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -210,6 +213,7 @@ struct FileSettings {
     insights_sensitivity: Option<String>,
     insights_min_history: Option<String>,
     insights_settle: Option<String>,
+    console_session_ttl: Option<String>,
     insights_backfill: Option<bool>,
 }
 
@@ -308,6 +312,9 @@ impl Settings {
             }
             if let Some(v) = f.insights_min_history {
                 s.insights_min_history = duration("insights_min_history", &v)?;
+            }
+            if let Some(v) = f.console_session_ttl {
+                s.console_session_ttl = duration("console_session_ttl", &v)?;
             }
             if let Some(v) = f.insights_settle {
                 s.insights_settle = duration("insights_settle", &v)?;
@@ -443,6 +450,9 @@ impl Settings {
         }
         if let Some(v) = get("insights_min_history") {
             s.insights_min_history = duration("OPENTRAIL_INSIGHTS_MIN_HISTORY", v)?;
+        }
+        if let Some(v) = get("console_session_ttl") {
+            s.console_session_ttl = duration("OPENTRAIL_CONSOLE_SESSION_TTL", v)?;
         }
         if let Some(v) = get("insights_settle") {
             s.insights_settle = duration("OPENTRAIL_INSIGHTS_SETTLE", v)?;
@@ -637,6 +647,11 @@ impl Settings {
         }
         if self.maintenance_interval.is_zero() {
             return Err(invalid("maintenance_interval", "must be more than zero"));
+        }
+        if self.console_session_ttl < Duration::from_secs(60)
+            || self.console_session_ttl > Duration::from_secs(7 * 86_400)
+        {
+            return Err(invalid("console_session_ttl", "must be from 1m to 7d"));
         }
         if self.insights_settle > Duration::from_secs(600) {
             return Err(invalid("insights_settle", "must be at most 10m"));

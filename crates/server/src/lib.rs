@@ -11,6 +11,7 @@ mod access;
 mod api;
 mod audit;
 pub mod config;
+mod console;
 mod http;
 mod iam_api;
 mod ingest;
@@ -74,6 +75,7 @@ pub(crate) struct App {
     pub counters: Counters,
     pub insights: std::sync::Mutex<Engine>,
     pub kms: Arc<opentrail_delivery::kms::KeyService>,
+    pub console: console::Sessions,
 }
 
 impl App {
@@ -211,6 +213,7 @@ pub async fn run(
         counters: counters.clone(),
         insights: std::sync::Mutex::new(engine),
         kms,
+        console: console::Sessions::default(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -222,6 +225,14 @@ pub async fn run(
         .route("/v1/events", post(ingest::handle))
         .route("/health", get(http::health))
         .route("/metrics", get(http::metrics))
+        .route("/console", get(console::redirect))
+        .route("/console/", get(console::index))
+        .route("/console/assets/{name}", get(console::assets))
+        .route("/console/api/signin", post(console::sign_in))
+        .route("/console/api/signout", post(console::sign_out))
+        .route("/console/api/session", get(console::session))
+        .route("/console/api/call/{operation}", post(console::call))
+        .route("/console/api/download", get(console::download))
         .with_state(Arc::clone(&app));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, account = %app.settings.account_id, region = %app.settings.region, "opentrail listening");
