@@ -281,6 +281,45 @@ const scenarios = {
     return {};
   },
 
+  async manage() {
+    await signIn(cfg.root);
+    const name = cfg.manage.name;
+    await page.goto(`${cfg.url}/console/#/trails/${name}`);
+    await page.locator('#trail-settings').waitFor();
+    // Edit: a new prefix and log file validation on.
+    await page.getByRole('button', { name: 'Edit' }).click();
+    await page.locator('#edit-prefix').fill('edited-prefix');
+    await page.locator('#edit-validation').check();
+    await page.getByRole('button', { name: 'Save changes' }).click();
+    await page.locator('#alert', { hasText: 'updated' }).waitFor();
+    await page.locator('#trail-settings', { hasText: 'edited-prefix' }).waitFor();
+    // Tags: add one, remove it again.
+    await page.locator('#new-tag-key').fill('owner');
+    await page.locator('#new-tag-value').fill('secops');
+    await page.getByRole('button', { name: 'Add tag' }).click();
+    await page.locator('#tags-table', { hasText: 'secops' }).waitFor();
+    await page.locator('#tags-table tr', { hasText: 'owner' }).getByRole('button', { name: 'Remove' }).click();
+    await page.locator('#alert', { hasText: 'Tag owner removed' }).waitFor();
+    assert.equal(await page.locator('#tags-table', { hasText: 'owner' }).count(), 0, 'the tag is gone');
+    // Insights on.
+    await page.getByRole('button', { name: 'Turn Insights on' }).click();
+    await page.getByRole('button', { name: 'Turn Insights off' }).waitFor();
+    await page.locator('#trail-settings', { hasText: 'ApiCallRateInsight, ApiErrorRateInsight' }).waitFor();
+    // An error from the API is shown: a bucket that does not exist.
+    await page.getByRole('button', { name: 'Edit' }).click();
+    await page.locator('#edit-bucket').fill('no-such-bucket-here');
+    await page.getByRole('button', { name: 'Save changes' }).click();
+    await page.locator('#alert', { hasText: 'S3BucketDoesNotExistException' }).waitFor();
+    await shot('trail-error');
+    // Delete, through the confirmation dialog.
+    await page.getByRole('button', { name: 'Delete trail' }).click();
+    await page.locator('#confirm-delete').waitFor();
+    await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
+    await page.waitForURL(/#\/trails$/);
+    await page.locator('#alert', { hasText: 'deleted' }).waitFor();
+    return {};
+  },
+
   async readonly() {
     await signIn(cfg.auditor);
     await page.goto(`${cfg.url}/console/#/trails`);

@@ -320,6 +320,21 @@ def test_wizard_creates_a_trail_that_delivers_then_stop_and_start(server, setup)
         assert "Chrome" in recs[0]["userAgent"]
 
 
+def test_edit_tags_insights_and_delete_a_trail(server, setup):
+    name, bucket = f"manage-{uid()}", f"manage-{uid()}"
+    (Path(server.data_dir) / "buckets" / bucket).mkdir(parents=True)
+    setup.ct.create_trail(Name=name, S3BucketName=bucket, TagsList=[{"Key": "keep", "Value": "yes"}])
+    setup.cfg["manage"] = {"name": name}
+    since = utcnow() - dt.timedelta(seconds=2)
+    scenario(setup, "manage")
+    assert setup.ct.describe_trails(trailNameList=[name])["trailList"] == [], "the trail is deleted"
+    for event_name in ("UpdateTrail", "AddTags", "RemoveTags", "PutInsightSelectors", "DeleteTrail"):
+        poll_until(f"the console's {event_name} record", lambda: console_records(
+            setup.ct, event_name, since, sessionCredentialFromConsole="true"), timeout=5)
+    failed = console_records(setup.ct, "UpdateTrail", since, errorCode="S3BucketDoesNotExistException")
+    assert failed, "the refused edit is recorded with its error"
+
+
 def test_read_only_user_sees_but_cannot_change_trails(setup):
     since = utcnow() - dt.timedelta(seconds=2)
     out = scenario(setup, "readonly")

@@ -40,6 +40,8 @@ const state = {
   prefs: loadPrefs(),
   view: 0,
   timers: [],
+  // A message for the next page to show (set before navigating away).
+  flash: null,
 };
 
 function loadPrefs() {
@@ -91,6 +93,12 @@ function showAlert(message, ok = false) {
 }
 
 function clearAlert() { $('#alert').hidden = true; }
+
+/** Navigates to `hash` and shows `message` there. */
+function go(hash, message) {
+  state.flash = message;
+  if (location.hash === hash) route(); else location.hash = hash;
+}
 
 function showError(err) {
   if (err instanceof ApiError) showAlert(`${err.type}: ${err.message}`);
@@ -224,6 +232,10 @@ async function route() {
   if (!state.session) return;
   stopTimers();
   clearAlert();
+  if (state.flash) {
+    showAlert(state.flash, true);
+    state.flash = null;
+  }
   const view = ++state.view;
   const hash = location.hash.slice(1) || '/';
   const [path, qs] = hash.split('?');
@@ -853,8 +865,7 @@ function viewWizard(live) {
         const types = [w.callRate && 'ApiCallRateInsight', w.errorRate && 'ApiErrorRateInsight'].filter(Boolean);
         if (types.length) await call('PutInsightSelectors', { TrailName: w.name, InsightSelectors: types.map((t) => ({ InsightType: t })) });
         if (start.checked) await call('StartLogging', { Name: w.name });
-        location.hash = `#/trails/${encodeURIComponent(w.name)}`;
-        showAlert(`Trail ${w.name} created${start.checked ? ' and logging' : ''}.`, true);
+        go(`#/trails/${encodeURIComponent(w.name)}`, `Trail ${w.name} created${start.checked ? ' and logging' : ''}.`);
       } catch (err) {
         create.disabled = false;
         create.textContent = 'Create trail';
@@ -917,7 +928,7 @@ async function viewTrail(live, name) {
   }, 3000));
 
   const act = async (fn, done) => {
-    try { await fn(); if (done) showAlert(done, true); await refresh(); if (done) showAlert(done, true); } catch (err) { showError(err); }
+    try { await fn(); state.flash = done; await refresh(); } catch (err) { showError(err); }
   };
   const logging = status.IsLogging
     ? guarded('StopLogging', { id: 'stop-logging', onclick: () => act(() => call('StopLogging', { Name: t.TrailARN }), `Logging stopped for ${t.Name}.`) }, 'Stop logging')
@@ -937,7 +948,7 @@ async function viewTrail(live, name) {
       h('button', { type: 'button', onclick: () => confirm.close() }, 'Cancel'),
       h('button', { type: 'button', class: 'danger', id: 'confirm-delete-yes', onclick: async () => {
         confirm.close();
-        try { await call('DeleteTrail', { Name: t.TrailARN }); location.hash = '#/trails'; showAlert(`Trail ${t.Name} deleted.`, true); } catch (err) { showError(err); }
+        try { await call('DeleteTrail', { Name: t.TrailARN }); go('#/trails', `Trail ${t.Name} deleted.`); } catch (err) { showError(err); }
       } }, 'Delete')));
 
   const editForm = trailEditForm(t, act);
