@@ -608,32 +608,38 @@ pub(crate) async fn download(
     };
     let query = params.q.unwrap_or_else(|| "{}".to_owned());
     let checked = match params.format.as_str() {
-        "csv" | "json" => parse_request::<LookupEventsRequest>(query.as_bytes()).map(|_| ()),
+        "csv" | "json" => parse_request::<LookupEventsRequest>(query.as_bytes()),
         other => Err(ApiError::new(
             Exception::ValidationException,
             format!("format {other:?} is not csv or json"),
         )),
     }
-    .and_then(|()| {
-        app.access.authorize(
-            &caller,
-            "cloudtrail:LookupEvents",
-            "*",
-            &ctx.source_ip,
-            &ctx.region,
-            ctx.now_ms,
-        )
+    .and_then(|req| {
+        app.access
+            .authorize(
+                &caller,
+                "cloudtrail:LookupEvents",
+                "*",
+                &ctx.source_ip,
+                &ctx.region,
+                ctx.now_ms,
+            )
+            .map(|()| req)
     });
-    let result = checked.map(|()| b"{}".to_vec());
+    let result = checked
+        .as_ref()
+        .map(|_| b"{}".to_vec())
+        .map_err(Clone::clone);
     if let Err(r) = record_call(&app, &ctx, "LookupEvents", true, query.as_bytes(), &result).await {
         return r;
     }
-    if let Err(e) = result {
-        return error_reply(&ctx, &e);
-    }
+    let req = match checked {
+        Ok(req) => req,
+        Err(e) => return error_reply(&ctx, &e),
+    };
     let csv = params.format == "csv";
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
-    tokio::spawn(stream_events(app, ctx, query, csv, tx));
+    tokio::spawn(stream_events(app, ctx, req, csv, tx));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
@@ -664,7 +670,7 @@ pub(crate) async fn download(
 async fn stream_events(
     app: Arc<App>,
     ctx: CallContext,
-    query: String,
+    query: LookupEventsRequest,
     csv: bool,
     tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
 ) {
@@ -679,10 +685,7 @@ async fn stream_events(
     let mut next_token: Option<String> = None;
     let mut sent = 0usize;
     loop {
-        let mut req = match parse_request::<LookupEventsRequest>(query.as_bytes()) {
-            Ok(r) => r,
-            Err(_) => return,
-        };
+        let mut req = query.clone();
         req.max_results = Some(50);
         req.next_token = next_token.take();
         let page = match crate::lookup::lookup_events(&app, &ctx, req).await {
