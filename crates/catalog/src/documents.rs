@@ -12,6 +12,7 @@ use crate::{Catalog, CatalogError};
 enum Document {
     IamDirectory,
     KmsKeystore,
+    AlertsConfig,
 }
 
 impl Document {
@@ -19,6 +20,7 @@ impl Document {
         match self {
             Self::IamDirectory => "iam_directory",
             Self::KmsKeystore => "kms_keystore",
+            Self::AlertsConfig => "alerts_config",
         }
     }
 }
@@ -85,6 +87,16 @@ impl Catalog {
     /// [`Catalog::put_iam_directory`] does for the directory.
     pub fn put_kms_keystore(&self, expected: u64, body: &str) -> Result<u64, CatalogError> {
         self.put_document(Document::KmsKeystore, expected, body)
+    }
+
+    /// The stored alerts configuration (topics, subscriptions, rules) and its version.
+    pub fn alerts_config(&self) -> Result<Option<(u64, String)>, CatalogError> {
+        self.document(Document::AlertsConfig)
+    }
+
+    /// Stores the alerts configuration as the next version after `expected`.
+    pub fn put_alerts_config(&self, expected: u64, body: &str) -> Result<u64, CatalogError> {
+        self.put_document(Document::AlertsConfig, expected, body)
     }
 }
 

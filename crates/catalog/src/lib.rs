@@ -2,7 +2,7 @@
 //! selectors, tags and logging state. Embedded SQLite (WAL, `synchronous=FULL`) used from blocking
 //! threads; every change is one transaction.
 //!
-//! Schema version 5 (`PRAGMA user_version = 5`):
+//! Schema version 6 (`PRAGMA user_version = 6`):
 //! - `trails(arn TEXT PRIMARY KEY, account TEXT, home_region TEXT, name TEXT, body TEXT)`, unique on
 //!   (account, home_region, name); `body` is the [`Trail`] as JSON with its own `"v": 1`.
 //! - `deliveries(trail_arn TEXT PRIMARY KEY, body TEXT)`: each trail's delivery cursor, pending
@@ -22,13 +22,21 @@
 //! - `kms_keystore(id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER, body TEXT)`: the KMS
 //!   keys (state, rotation, key material sealed under the master key) and aliases as one JSON
 //!   document with its own `"format": 1`, versioned like the directory. Added in 5.
+//! - `alerts_config(id = 1, version, body)`: topics, subscriptions and event rules as one JSON
+//!   document with its own `"format": 1`, versioned like the directory. Added in 6.
+//! - `alert_view(id = 1, cursor, state)`, `alert_messages`, `alert_dead_letters`,
+//!   `alert_subscription_stats`: the rules view's cursor and state, the messages waiting for
+//!   their subscribers, the ones given up on, and each subscription's delivery counters (see
+//!   `alerts.rs`). Added in 6.
 //!
 //! Older files are upgraded in place on open (the newer tables are added).
 
+mod alerts;
 mod delivery;
 mod digests;
 mod documents;
 
+pub use alerts::{AlertMessageRow, AlertOutcome, DeadLetter, NewAlertMessage, SubscriptionStats};
 pub use delivery::{DeliveryState, Notification, OutboxRow, Plan};
 pub use digests::{
     DigestChains, DigestFile, DigestRound, PreviousDigest, StoredDigestFile, StoredSigningKey,
@@ -41,7 +49,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 /// The schema version this code reads and writes.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 /// The version of a stored [`Trail`] body.
 pub const TRAIL_BODY_VERSION: u32 = 1;
 
@@ -321,6 +329,9 @@ impl Catalog {
                  PRAGMA user_version = 5;
                  COMMIT;",
             )?;
+        }
+        if version < 6 {
+            conn.execute_batch(alerts::SCHEMA_V6)?;
         }
         Ok(Self {
             conn: Mutex::new(conn),
