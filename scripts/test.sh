@@ -7,6 +7,7 @@
 #   OPENTRAIL_VENV     the Python venv (default: $HOME/.cache/opentrail-venv)
 #   OPENTRAIL_TOOLS    where test servers are installed (default: $HOME/.cache/opentrail-tools);
 #                      s3s-fs 0.14.1, the S3-compatible server the delivery tests write to
+#   nats-server and openssl come from Debian's packages (installed when missing)
 #   CHROMIUM           the browser the console tests drive (default: /usr/bin/chromium, from
 #                      Debian's package, installed when missing); playwright-core from npm is
 #                      installed into tests/console/node_modules by `npm ci`
@@ -35,6 +36,16 @@ if ! "$tools/bin/s3s-fs" --version 2>/dev/null | grep -q '0\.14\.1'; then
     cargo install s3s-fs@0.14.1 --features binary --locked --root "$tools"
 fi
 export OPENTRAIL_S3S_FS="$tools/bin/s3s-fs"
+
+step "nats-server and openssl (alerts tests: NATS JetStream, the SMTP server's certificate)"
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ] || ! command -v openssl >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server openssl >/dev/null
+    else
+        echo "nats-server and openssl are required for the alerts tests" >&2
+        exit 1
+    fi
+fi
 
 step "Chromium and playwright-core (console tests)"
 if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then

@@ -352,6 +352,18 @@ const scenarios = {
     return { refused: refused.body };
   },
 
+  async alerts() {
+    await signIn(cfg.root);
+    await page.goto(`${cfg.url}/console/#/alerts`);
+    await page.locator('#subscriptions-table').waitFor();
+    const row = page.locator(`#subscriptions-table tr[data-subscription="${cfg.deadSubscription}"]`);
+    const cells = await row.locator('td').allTextContents();
+    const rule = await page.locator(`#rules-table tr[data-rule="${cfg.rule}"] td`).allTextContents();
+    const dead = await page.locator('#dead-letters-table tbody tr').allTextContents();
+    await shot('alerts');
+    return { subscription: cells, rule, dead };
+  },
+
   async insight() {
     await signIn(cfg.root);
     await page.goto(`${cfg.url}/console/#/insights`);

@@ -72,6 +72,11 @@ pub struct SmtpSettings {
     pub ca_file: Option<PathBuf>,
 }
 
+/// Whether `s` is a mailbox lettre can send from or to (`a@b.c` or `Name <a@b.c>`).
+pub fn is_address(s: &str) -> bool {
+    s.parse::<Mailbox>().is_ok()
+}
+
 /// When to try again and when to give up.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -196,7 +201,8 @@ impl Dispatcher {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         let n = due.len();
-        let outcomes: Vec<(AlertMessageRow, AlertOutcome)> = futures::stream::iter(due)
+        // Outcomes are recorded a few at a time as they come, so a crash repeats few sends.
+        let mut settled = futures::stream::iter(due)
             .map(|row| async move {
                 let result = match Outgoing::decode(&row.body) {
                     Ok(out) => self.send(&row, &out).await,
@@ -212,19 +218,20 @@ impl Dispatcher {
                 (row, outcome)
             })
             .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        let cat = Arc::clone(&self.catalog);
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let now = now_ms();
-            for (row, outcome) in &outcomes {
-                cat.alert_settle(row, outcome, now)
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+            .ready_chunks(CONCURRENCY);
+        while let Some(outcomes) = settled.next().await {
+            let cat = Arc::clone(&self.catalog);
+            tokio::task::spawn_blocking(move || -> Result<(), String> {
+                let now = now_ms();
+                for (row, outcome) in &outcomes {
+                    cat.alert_settle(row, outcome, now)
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+        }
         Ok(n)
     }
 

@@ -355,6 +355,104 @@ fn encode_state(state: &ViewState) -> Result<String, ViewError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TargetDef;
+    use opentrail_log::{LogConfig, NewRecord};
+
+    fn record(name: &str, id: &str, read_only: bool) -> NewRecord {
+        let json = serde_json::json!({
+            "eventVersion": "1.11", "eventID": id, "eventTime": "2026-11-21T10:00:00Z",
+            "eventSource": "cloudtrail.amazonaws.com", "eventName": name, "awsRegion": "us-east-1",
+            "eventType": "AwsApiCall", "readOnly": read_only, "recipientAccountId": "111122223333",
+            "userIdentity": {"type": "Root", "arn": "arn:aws:iam::111122223333:root"}
+        });
+        NewRecord {
+            time_ms: 1_000,
+            json: serde_json::to_vec(&json).expect("json"),
+        }
+    }
+
+    fn config() -> AlertsConfig {
+        let mut c = AlertsConfig::default();
+        let t = c
+            .create_topic("t", "k", "arn:aws:sns:us-east-1:111122223333", 0, false)
+            .expect("topic");
+        c.subscribe(&t, "https", "https://a.example/", 0, false)
+            .expect("sub");
+        c.subscribe(&t, "email", "ops@example.com", 0, false)
+            .expect("sub");
+        c.put_rule(
+            "stop",
+            r#"{"detail":{"eventName":["StopLogging"]}}"#,
+            RuleState::Enabled,
+            None,
+            None,
+            "arn:aws:events:us-east-1:111122223333:rule",
+            0,
+        )
+        .expect("rule");
+        c.put_targets(
+            "stop",
+            &[TargetDef {
+                id: "1".into(),
+                arn: t,
+            }],
+        )
+        .expect("targets");
+        c
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_view_queues_each_match_once_per_subscriber_and_resumes_from_its_cursor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let catalog = Arc::new(Catalog::open(&dir.path().join("c.db")).expect("catalog"));
+        let (log, _) = EventLog::open(LogConfig::new(dir.path().join("log"))).expect("log");
+        log.append(vec![record("StopLogging", "before", false)])
+            .await
+            .expect("append");
+        let view = RuleView::new(log.clone(), Arc::clone(&catalog), "111122223333");
+        let live = Compiled::new(config());
+        assert_eq!(live.active_rules(), 1);
+        // The first step only places the cursor: rules see events from now on.
+        assert_eq!(view.step(&live, 100, 0).expect("step"), Step::default());
+        assert_eq!(view.cursor().expect("cursor"), Some(1));
+        // One append each: the reader reads whole frames.
+        for r in [
+            record("StopLogging", "e1", false),
+            record("StartLogging", "e2", false),
+            record("StopLogging", "e3", true),
+        ] {
+            log.append(vec![r]).await.expect("append");
+        }
+        let step = view.step(&live, 2, 0).expect("step");
+        assert_eq!((step.records, step.matches, step.messages), (2, 1, 2));
+        let step = view.step(&live, 100, 0).expect("step");
+        assert_eq!(
+            (step.records, step.matches),
+            (1, 0),
+            "an ENABLED rule does not see a read-only call"
+        );
+        assert_eq!(view.step(&live, 100, 0).expect("step"), Step::default());
+        let due = catalog.alert_due(i64::MAX, 100).expect("due");
+        assert_eq!(due.len(), 2);
+        let out = Outgoing::decode(&due[0].body).expect("outgoing");
+        let event: Value = serde_json::from_str(&out.message).expect("event");
+        assert_eq!(event["detail"]["eventID"], "e1");
+        assert_eq!(
+            out.subject,
+            "[OpenTrail] stop: StopLogging by arn:aws:iam::111122223333:root"
+        );
+        assert_ne!(
+            due[0].message_id, due[1].message_id,
+            "one id per subscription"
+        );
+
+        // A new view over the same catalog (a restart) starts where the last commit left off.
+        let again = RuleView::new(log.clone(), Arc::clone(&catalog), "111122223333");
+        assert_eq!(again.cursor().expect("cursor"), Some(4));
+        assert_eq!(again.step(&live, 100, 0).expect("step"), Step::default());
+        assert_eq!(catalog.alert_due(i64::MAX, 100).expect("due").len(), 2);
+        log.close();
+    }
 
     #[test]
     fn bursts_fire_once_per_period() {

@@ -1,5 +1,6 @@
 //! The `opentrail` binary. Thin: parses flags, sets up tracing, binds, and calls the library.
 
+mod alerts;
 mod client;
 mod decrypt;
 mod iam;
@@ -69,6 +70,18 @@ enum Command {
     Iam {
         #[command(flatten)]
         args: iam::IamArgs,
+    },
+    /// Alert topics: create, subscribe (webhook, email, NATS), publish, delivery state, dead
+    /// letters.
+    Topics {
+        #[command(flatten)]
+        args: alerts::TopicsArgs,
+    },
+    /// Event rules: the starter rules, enabling one by name, listing (the rest through
+    /// `aws events ... --endpoint-url`).
+    Rules {
+        #[command(flatten)]
+        args: alerts::RulesArgs,
     },
     /// List or fetch a trail's delivered log files for a time range (local or S3 buckets).
     Logs {
@@ -232,6 +245,8 @@ fn run_other(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::ValidateLogs { .. } => Ok(()),
         Command::Iam { args } => iam::run(args),
+        Command::Topics { args } => alerts::run_topics(args),
+        Command::Rules { args } => alerts::run_rules(args),
         Command::Buckets {
             data_dir,
             config,

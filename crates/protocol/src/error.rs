@@ -54,6 +54,11 @@ exceptions! {
     SignatureDoesNotMatch = 403,
     ValidationError = 400,
     InsightNotEnabledException = 400,
+    // EventBridge (rules) and the topics admin API (SNS's codes).
+    InvalidEventPatternException = 400,
+    InternalException = 500,
+    NotFound = 404,
+    InvalidParameter = 400,
     InsufficientSnsTopicPolicyException = 403,
     InsufficientS3BucketPolicyException = 403,
     InternalFailure = 500,

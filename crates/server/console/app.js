@@ -252,6 +252,7 @@ async function route() {
     else if (parts[0] === 'trails') await viewTrail(live, parts[1]);
     else if (parts[0] === 'insights' && parts.length === 1) await viewInsights(live);
     else if (parts[0] === 'insights') await viewInsight(live, parts[1]);
+    else if (parts[0] === 'alerts') await viewAlerts(live);
     else setPage('Not found', '', h('p', {}, 'There is no such page. ', h('a', { href: '#/' }, 'Go to the dashboard.')));
   } catch (err) {
     if (live() && state.session) {
@@ -1050,6 +1051,62 @@ async function viewInsights(live) {
         h('td', {}, i.source || ''), h('td', {}, insightLabel(i.type)), h('td', {}, i.errorCode || ''),
         h('td', {}, fmtTime(i.start)), h('td', {}, i.end ? fmtTime(i.end) : 'ongoing'))))))
       : h('p', { class: 'muted', id: 'no-insights' }, 'No Insights events yet.'));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alerts: rules, subscriptions with their delivery state, dead letters
+// ---------------------------------------------------------------------------------------------
+
+function isoTime(v) {
+  return v ? fmtTime(Date.parse(v)) : '—';
+}
+
+function table(id, heads, rows, empty) {
+  if (!rows.length) return h('p', { class: 'muted', id: `${id}-empty` }, empty);
+  return h('div', { class: 'table-wrap' }, h('table', { id },
+    h('thead', {}, h('tr', {}, heads.map((t) => h('th', { scope: 'col' }, t)))),
+    h('tbody', {}, rows)));
+}
+
+async function viewAlerts(live) {
+  setPage('Alerts', 'alerts', h('p', { class: 'loading' }, 'Loading…'));
+  const [rules, subs, dead] = await Promise.all([
+    call('events.ListRules', { Limit: 100 }),
+    call('sns.ListSubscriptions', {}),
+    call('sns.ListDeadLetters', { MaxItems: 50 }),
+  ]);
+  const targets = await Promise.all((rules.Rules || []).map((r) => call('events.ListTargetsByRule', { Rule: r.Name })));
+  if (!live()) return;
+  const endpointOf = Object.fromEntries((subs.Subscriptions || []).map((s) => [s.SubscriptionArn, `${s.Protocol}: ${s.Endpoint}`]));
+  const topicName = (arn) => String(arn || '').split(':').pop();
+  const ruleRows = (rules.Rules || []).map((r, i) => h('tr', { 'data-rule': r.Name },
+    h('td', {}, r.Name),
+    h('td', {}, h('span', { class: `badge ${r.State === 'DISABLED' ? 'neutral' : 'good'}` }, r.State === 'DISABLED' ? 'Disabled' : 'Enabled')),
+    h('td', {}, (targets[i].Targets || []).map((t) => topicName(t.Arn)).join(', ') || '—'),
+    h('td', {}, r.Threshold ? `${r.Threshold.Count} in ${r.Threshold.Period}s` : '—'),
+    h('td', {}, h('code', {}, r.EventPattern)),
+    h('td', {}, r.Description || '')));
+  const subRows = (subs.Subscriptions || []).map((s) => {
+    const d = s.Delivery || {};
+    return h('tr', { 'data-subscription': s.SubscriptionArn },
+      h('td', {}, topicName(s.TopicArn)), h('td', {}, s.Protocol), h('td', { class: 'wrap' }, s.Endpoint),
+      h('td', { class: 'num' }, String(d.Delivered ?? 0)), h('td', { class: 'num' }, String(d.Pending ?? 0)),
+      h('td', { class: 'num' }, String(d.FailedAttempts ?? 0)), h('td', { class: 'num' }, String(d.DeadLettered ?? 0)),
+      h('td', {}, isoTime(d.LastSuccessTime)),
+      h('td', { class: 'wrap' }, d.LastError ? `${d.LastError} (${isoTime(d.LastErrorTime)})` : '—'));
+  });
+  const deadRows = (dead.DeadLetters || []).map((d) => h('tr', {},
+    h('td', {}, isoTime(d.FailedTime)), h('td', { class: 'wrap' }, endpointOf[d.SubscriptionArn] || d.SubscriptionArn),
+    h('td', {}, d.Rule || '(published)'), h('td', { class: 'wrap' }, d.Subject || ''),
+    h('td', { class: 'num' }, String(d.Attempts)), h('td', { class: 'wrap' }, d.Error)));
+  setPage('Alerts', 'alerts',
+    h('p', { class: 'muted' }, 'Rules send matching events to topics; each subscription of a topic receives them by webhook, email or NATS. Manage them with opentrail topics / opentrail rules or aws events.'),
+    h('h2', {}, 'Rules'),
+    table('rules-table', ['Name', 'State', 'Topics', 'Threshold', 'Pattern', 'Description'], ruleRows, 'No rules yet.'),
+    h('h2', {}, 'Subscriptions'),
+    table('subscriptions-table', ['Topic', 'Protocol', 'Endpoint', 'Delivered', 'Pending', 'Failed attempts', 'Dead letters', 'Last success', 'Last error'], subRows, 'No subscriptions yet.'),
+    h('h2', {}, 'Dead letters'),
+    table('dead-letters-table', ['Failed', 'Subscription', 'Rule', 'Subject', 'Attempts', 'Error'], deadRows, 'No dead letters.'));
 }
 
 function chart(timestamps, values, baseline, from, to) {

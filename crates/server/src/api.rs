@@ -340,6 +340,18 @@ pub(crate) async fn handle(
     }
     if let Some(op) = target
         .as_deref()
+        .and_then(|t| t.strip_prefix(crate::alerts_api::EVENTS_PREFIX))
+    {
+        return crate::alerts_api::handle_events(app, peer, parts, body, op.to_owned()).await;
+    }
+    if let Some(op) = target
+        .as_deref()
+        .and_then(|t| t.strip_prefix(crate::alerts_api::TOPICS_PREFIX))
+    {
+        return crate::alerts_api::handle_topics(app, peer, parts, body, op.to_owned()).await;
+    }
+    if let Some(op) = target
+        .as_deref()
         .and_then(|t| t.strip_prefix(crate::kms_api::TARGET_PREFIX))
     {
         return crate::kms_api::handle(app, peer, parts, body, op.to_owned()).await;

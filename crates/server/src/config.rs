@@ -101,6 +101,25 @@ pub struct Settings {
     pub insights_backfill: bool,
     /// How long a console sign-in lasts. Default 12 hours.
     pub console_session_ttl: Duration,
+    /// The SMTP server email subscriptions are sent through; none means email subscribers
+    /// cannot be reached (their messages retry and then become dead letters).
+    pub smtp_host: Option<String>,
+    /// Default 587.
+    pub smtp_port: u16,
+    /// `starttls` (default), `tls` (SMTPS) or `none`.
+    pub smtp_tls: String,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<String>,
+    /// The sender address of alert emails. Default `opentrail@localhost`.
+    pub smtp_from: String,
+    /// A PEM file of CA certificates to trust for the SMTP server (besides the public roots).
+    pub smtp_ca_file: Option<PathBuf>,
+    /// Attempts to deliver an alert message before it becomes a dead letter. Default 8.
+    pub alert_max_attempts: u32,
+    /// Wait before the first retry of an alert message; doubles each time. Default 1 second.
+    pub alert_retry_base: Duration,
+    /// Longest wait between retries of an alert message. Default 5 minutes.
+    pub alert_max_backoff: Duration,
 }
 
 /// Where one bucket lives, when it is not where the global settings put buckets.
@@ -158,6 +177,16 @@ impl Default for Settings {
             insights_settle: Duration::from_secs(5),
             insights_backfill: false,
             console_session_ttl: Duration::from_secs(12 * 3600),
+            smtp_host: None,
+            smtp_port: 587,
+            smtp_tls: "starttls".to_owned(),
+            smtp_username: None,
+            smtp_password: None,
+            smtp_from: "opentrail@localhost".to_owned(),
+            smtp_ca_file: None,
+            alert_max_attempts: 8,
+            alert_retry_base: Duration::from_secs(1),
+            alert_max_backoff: Duration::from_secs(300),
         }
     }
 }
@@ -213,6 +242,16 @@ struct FileSettings {
     insights_sensitivity: Option<String>,
     insights_min_history: Option<String>,
     insights_settle: Option<String>,
+    smtp_host: Option<String>,
+    smtp_port: Option<u16>,
+    smtp_tls: Option<String>,
+    smtp_username: Option<String>,
+    smtp_password: Option<String>,
+    smtp_from: Option<String>,
+    smtp_ca_file: Option<PathBuf>,
+    alert_max_attempts: Option<u32>,
+    alert_retry_base: Option<String>,
+    alert_max_backoff: Option<String>,
     console_session_ttl: Option<String>,
     insights_backfill: Option<bool>,
 }
@@ -321,6 +360,20 @@ impl Settings {
             }
             if let Some(v) = f.insights_backfill {
                 s.insights_backfill = v;
+            }
+            s.smtp_host = f.smtp_host.or(s.smtp_host);
+            s.smtp_port = f.smtp_port.unwrap_or(s.smtp_port);
+            s.smtp_tls = f.smtp_tls.unwrap_or(s.smtp_tls);
+            s.smtp_username = f.smtp_username.or(s.smtp_username);
+            s.smtp_password = f.smtp_password.or(s.smtp_password);
+            s.smtp_from = f.smtp_from.unwrap_or(s.smtp_from);
+            s.smtp_ca_file = f.smtp_ca_file.or(s.smtp_ca_file);
+            s.alert_max_attempts = f.alert_max_attempts.unwrap_or(s.alert_max_attempts);
+            if let Some(v) = f.alert_retry_base {
+                s.alert_retry_base = duration("alert_retry_base", &v)?;
+            }
+            if let Some(v) = f.alert_max_backoff {
+                s.alert_max_backoff = duration("alert_max_backoff", &v)?;
             }
         }
         let get = |name: &str| {
@@ -462,6 +515,40 @@ impl Settings {
                 .parse()
                 .map_err(|_| invalid("OPENTRAIL_INSIGHTS_BACKFILL", "must be true or false"))?;
         }
+        if let Some(v) = get("smtp_host") {
+            s.smtp_host = Some(v.clone());
+        }
+        if let Some(v) = get("smtp_port") {
+            s.smtp_port = v
+                .parse()
+                .map_err(|_| invalid("OPENTRAIL_SMTP_PORT", "must be a port number"))?;
+        }
+        if let Some(v) = get("smtp_tls") {
+            s.smtp_tls = v.clone();
+        }
+        if let Some(v) = get("smtp_username") {
+            s.smtp_username = Some(v.clone());
+        }
+        if let Some(v) = get("smtp_password") {
+            s.smtp_password = Some(v.clone());
+        }
+        if let Some(v) = get("smtp_from") {
+            s.smtp_from = v.clone();
+        }
+        if let Some(v) = get("smtp_ca_file") {
+            s.smtp_ca_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("alert_max_attempts") {
+            s.alert_max_attempts = v
+                .parse()
+                .map_err(|_| invalid("OPENTRAIL_ALERT_MAX_ATTEMPTS", "must be a number"))?;
+        }
+        if let Some(v) = get("alert_retry_base") {
+            s.alert_retry_base = duration("OPENTRAIL_ALERT_RETRY_BASE", v)?;
+        }
+        if let Some(v) = get("alert_max_backoff") {
+            s.alert_max_backoff = duration("OPENTRAIL_ALERT_MAX_BACKOFF", v)?;
+        }
         Ok(s)
     }
 
@@ -549,7 +636,9 @@ impl Settings {
                 secret: secrets.get(name).cloned().unwrap_or_default(),
                 endpoints: subs
                     .iter()
-                    .filter(|(t, _)| t == name)
+                    .filter(|(t, url)| {
+                        t == name && (url.starts_with("http://") || url.starts_with("https://"))
+                    })
                     .map(|(_, url)| url.clone())
                     .collect(),
             }
@@ -573,8 +662,51 @@ impl Settings {
             .join(name)
     }
 
+    /// The SMTP server alert emails go through, if one is configured.
+    pub fn smtp(&self) -> Option<opentrail_alerts::SmtpSettings> {
+        Some(opentrail_alerts::SmtpSettings {
+            host: self.smtp_host.clone()?,
+            port: self.smtp_port,
+            tls: opentrail_alerts::SmtpTls::parse(&self.smtp_tls)?,
+            username: self.smtp_username.clone(),
+            password: self.smtp_password.clone(),
+            from: self.smtp_from.clone(),
+            ca_file: self.smtp_ca_file.clone(),
+        })
+    }
+
+    /// Topic subscriptions the settings declare: (topic, endpoint) pairs, any protocol.
+    pub fn declared_subscriptions(&self) -> Vec<(String, String)> {
+        self.sns_subscriptions
+            .iter()
+            .filter_map(|e| e.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect()
+    }
+
     /// Checks the settings hang together.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if opentrail_alerts::SmtpTls::parse(&self.smtp_tls).is_none() {
+            return Err(invalid(
+                "smtp_tls",
+                format!("{:?} is not one of starttls, tls, none", self.smtp_tls),
+            ));
+        }
+        if self.smtp_username.is_some() != self.smtp_password.is_some() {
+            return Err(invalid(
+                "smtp_username",
+                "smtp_username and smtp_password go together",
+            ));
+        }
+        if self.smtp_host.is_some() && !opentrail_alerts::send::is_address(&self.smtp_from) {
+            return Err(invalid(
+                "smtp_from",
+                format!("{:?} is not an email address", self.smtp_from),
+            ));
+        }
+        if !(1..=100).contains(&self.alert_max_attempts) {
+            return Err(invalid("alert_max_attempts", "must be 1 to 100"));
+        }
         if let Some(v) = &self.s3_server_side_encryption
             && !opentrail_delivery::buckets::SSE_VALUES.contains(&v.as_str())
         {
@@ -750,10 +882,14 @@ impl Settings {
                         format!("topic {topic:?} is not declared in sns_topics"),
                     ));
                 }
-                if name == "sns_subscriptions" && !is_url(value.trim()) {
+                if name == "sns_subscriptions"
+                    && opentrail_alerts::Protocol::of_endpoint(value.trim()).is_none()
+                {
                     return Err(invalid(
                         name,
-                        format!("{value:?} is not an http:// or https:// URL"),
+                        format!(
+                            "{value:?} is not an http:// or https:// URL, a mailto: address or a nats:// subject URL"
+                        ),
                     ));
                 }
             }

@@ -521,6 +521,21 @@ pub(crate) async fn call(
         Ok(b) => (b, caller),
         Err(e) => (Vec::new(), Err(e)),
     };
+    if operation.contains('.') {
+        // Rules (`events.<Operation>`) and topics (`sns.<Action>`).
+        let resp = crate::alerts_api::console_call(&app, &mut ctx, caller, &operation, &body).await;
+        let mut resp = resp.unwrap_or_else(|| {
+            api::error_reply(
+                &ctx,
+                &ApiError::new(
+                    Exception::UnknownOperationException,
+                    format!("{operation} is not an operation the console can call"),
+                ),
+            )
+        });
+        secure_headers(&mut resp);
+        return resp;
+    }
     let mut resp = api::run_call(&app, &ctx, caller, op, Some(&target), &body).await;
     secure_headers(&mut resp);
     resp

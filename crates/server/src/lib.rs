@@ -8,6 +8,8 @@
 //! then lets in-flight calls finish, stops the workers, persists the index and closes the log.
 
 mod access;
+mod alerts;
+mod alerts_api;
 mod api;
 mod audit;
 pub mod config;
@@ -60,6 +62,8 @@ pub enum ServerError {
     Counters(#[from] CountersError),
     #[error("insights: {0}")]
     Insights(#[from] InsightsError),
+    #[error("alerts: {0}")]
+    Alerts(String),
     #[error("key service: {0}")]
     Kms(#[from] opentrail_delivery::kms::KmsError),
 }
@@ -76,6 +80,7 @@ pub(crate) struct App {
     pub insights: std::sync::Mutex<Engine>,
     pub kms: Arc<opentrail_delivery::kms::KeyService>,
     pub console: console::Sessions,
+    pub alerts: alerts::Alerts,
 }
 
 impl App {
@@ -193,6 +198,10 @@ pub async fn run(
         .map_err(ServerError::Delivery)?
         .with_kms(Arc::clone(&kms)),
     );
+    let alerts = {
+        let (cat, l, s) = (Arc::clone(&catalog), log.clone(), settings.clone());
+        tokio::task::spawn_blocking(move || alerts::Alerts::open(&cat, &l, &s)).await??
+    };
     let reconciled = {
         let d = Arc::clone(&delivery);
         tokio::task::spawn_blocking(move || d.reconcile()).await??
@@ -214,10 +223,12 @@ pub async fn run(
         insights: std::sync::Mutex::new(engine),
         kms,
         console: console::Sessions::default(),
+        alerts,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = views::spawn(Arc::clone(&app), stop_rx.clone());
+    workers.extend(alerts::spawn(Arc::clone(&app), stop_rx.clone()));
     workers.extend(delivery.spawn(stop_rx));
 
     let router = Router::new()

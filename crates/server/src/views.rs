@@ -79,7 +79,14 @@ async fn maintenance(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 .cursor()
                 .map_err(|e| e.to_string())?
                 .min(app2.delivery.retention_floor().map_err(|e| e.to_string())?)
-                .min(app2.counters.cursor().map_err(|e| e.to_string())?);
+                .min(app2.counters.cursor().map_err(|e| e.to_string())?)
+                .min(
+                    app2.alerts
+                        .view
+                        .cursor()
+                        .map_err(|e| e.to_string())?
+                        .unwrap_or(0),
+                );
             let segments = app2
                 .log
                 .delete_segments(floor, cutoff)
