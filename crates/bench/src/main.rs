@@ -30,11 +30,16 @@ struct Args {
     /// anomalies, beside mean + 3σ).
     /// Or recovery: start-up, restart after SIGKILL with the index behind, and peak RSS, on the
     /// real binary as a child process (`--recovery-events`).
-    #[arg(long, default_value = "all", value_parser = ["all", "ingest-lookup", "delivery", "validate", "auth", "insights", "recovery"])]
+    /// Or rules: the alert rules view's events/s with 1 and 100 active rules, and ack → webhook
+    /// through a server with 100 rules (`--rules-events`).
+    #[arg(long, default_value = "all", value_parser = ["all", "ingest-lookup", "delivery", "validate", "auth", "insights", "recovery", "rules"])]
     suite: String,
     /// Events ingested before the SIGKILL of the recovery benchmark.
     #[arg(long, default_value_t = 1_000_000)]
     recovery_events: usize,
+    /// Events the rules view reads per rule configuration.
+    #[arg(long, default_value_t = 200_000)]
+    rules_events: usize,
     /// MB of JSON delivered for the validation benchmark.
     #[arg(long, default_value_t = 1_000)]
     validate_mb: u64,
@@ -72,6 +77,7 @@ mod delivery;
 mod insights;
 mod pg;
 mod recovery;
+mod rules;
 mod validate;
 
 /// Deterministic xorshift64* generator.
@@ -641,6 +647,9 @@ fn main() -> anyhow::Result<()> {
     );
     if args.suite == "auth" {
         return auth::run(args.seed, args.auth_events, args.lookups, &root, now_s);
+    }
+    if args.suite == "rules" {
+        return rules::run(args.seed, args.rules_events, &root, now_s);
     }
     if args.suite == "recovery" {
         return recovery::run(args.seed, args.recovery_events, &root, now_s);
