@@ -58,5 +58,6 @@ out="bench-$mode.md"
     "$bench" --suite validate --validate-mb "$validate_mb"
     "$bench" --suite auth
     "$bench" --suite recovery --recovery-events "$recovery_events"
+    "$bench" --suite rules
 } 2>&1 | tee "$out"
 echo "tables written to $out" >&2
