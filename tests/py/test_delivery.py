@@ -200,7 +200,8 @@ class Bucket:
 
     Files are create-only, so each is parsed once and cached (``forget()`` drops the cache,
     e.g. after the directory was removed).  Names not ending in ``.json.gz`` (an unfinished
-    write's staging file, say) are not log files; they are kept in ``strays``."""
+    write's staging file, say) are not log files; those still present at the last scan are
+    ``strays``."""
 
     def __init__(self, server, name: str):
         self.name = name
@@ -271,6 +272,9 @@ class Bucket:
                     except FileNotFoundError:
                         continue
                     self._files[key] = self._check(key, data)
+        # A staging file seen mid-write is gone once the write links the file into place; only
+        # names still there are strays (a leftover staging file stays one).
+        self.strays = {k for k in self.strays if (self.path / k).exists()}
         return dict(self._files)
 
     def index(self) -> dict[str, tuple[LogFile, dict]]:
