@@ -294,7 +294,8 @@ def expected_username(record: dict) -> str | None:
 class SigV4(requests.auth.AuthBase):
     """Signs each ``requests`` request with SigV4 (botocore's signer), for the
     service its path and target belong to: ``opentrail`` for ``/v1/events``
-    and ``/metrics``, ``iam`` for the admin API, ``cloudtrail`` otherwise.
+    and ``/metrics``, ``iam`` for the admin API, ``events`` and ``sns`` for the
+    alerts APIs, ``cloudtrail`` otherwise.
     ``/health`` is left unsigned."""
 
     def __init__(self, access_key: str = FAKE_ACCESS_KEY, secret_key: str = FAKE_SECRET_KEY,
@@ -311,6 +312,10 @@ class SigV4(requests.auth.AuthBase):
             service = "opentrail"
         elif target.startswith("OpenTrailIAM."):
             service = "iam"
+        elif target.startswith("AWSEvents."):
+            service = "events"
+        elif target.startswith("OpenTrailSNS."):
+            service = "sns"
         else:
             service = "cloudtrail"
         body = r.body or b""

@@ -43,6 +43,7 @@ from conftest import (
     free_port,
     make_record,
     poll_until,
+    signed_session,
     uid,
     wait_for_event,
 )
@@ -293,7 +294,8 @@ def new_topic(server, name: str | None = None) -> tuple[str, str]:
     """Creates a topic; returns (ARN, signing secret)."""
     arn = topics_ok(server, "create-topic", "--name", name or f"t-{uid()}")["TopicArn"]
     attrs = topics_ok(server, "get-topic-attributes", "--topic-arn", arn)["Attributes"]
-    return arn, attrs["SigningSecret"]
+    assert "SigningSecret" not in attrs, "reading attributes does not reveal the secret"
+    return arn, topics_ok(server, "get-signing-secret", "--topic-arn", arn)["SigningSecret"]
 
 
 def subscribe(server, topic: str, protocol: str, endpoint: str) -> str:
@@ -539,8 +541,9 @@ def test_declared_topic_and_publish(server):
     declared = f"arn:aws:sns:{DEFAULT_REGION}:{ACCOUNT_ID}:{DECLARED_TOPIC}"
     assert declared in arns
     attrs = topics_ok(server, "get-topic-attributes", "--topic-arn", declared)["Attributes"]
-    assert attrs["SigningSecret"] == "declared-secret-0123456789"
     assert attrs["DeclaredInSettings"] == "true"
+    secret = topics_ok(server, "get-signing-secret", "--topic-arn", declared)["SigningSecret"]
+    assert secret == "declared-secret-0123456789"
     mid = topics_ok(server, "publish", "--topic-arn", declared, "--message", "hello", "--subject", "hi")["MessageId"]
     post = poll_until("the published message", lambda: WEBHOOK.accepted("/declared"), timeout=10)[0]
     body = json.loads(post["body"])
@@ -589,6 +592,71 @@ def test_read_only_events_need_the_all_management_state(server):
     poll_until("the all-management rule", lambda: WEBHOOK.accepted(everything), timeout=10)
     time.sleep(0.5)
     assert WEBHOOK.attempts(plain) == [], "ENABLED rules do not see read-only calls"
+
+
+def test_calls_are_authorized_on_the_member_they_act_on(server):
+    """A policy scoped to one rule and one topic cannot reach another through a decoy member."""
+    allowed_topic, _ = new_topic(server)
+    other_topic, _ = new_topic(server)
+    other_sub = subscribe(server, other_topic, "http", WEBHOOK.url + "/other")
+    ev = events_client(server)
+    allowed, victim = f"allowed-{uid()}", f"victim-{uid()}"
+    for name in (allowed, victim):
+        ev.put_rule(Name=name, EventPattern='{"source":["aws.iam"]}')
+    user = f"scoped-{uid()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({"AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET_KEY})
+    iam = [server.binary, "iam", "--endpoint-url", server.url]
+    subprocess.run(iam + ["create-user", "--user-name", user], env=env, check=True, capture_output=True)
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["events:PutTargets", "events:DescribeRule"],
+         "Resource": f"arn:aws:events:{DEFAULT_REGION}:{ACCOUNT_ID}:rule/{allowed}"},
+        {"Effect": "Allow", "Action": ["sns:Unsubscribe", "sns:GetSubscriptionAttributes",
+                                       "sns:ListDeadLetters", "sns:GetTopicAttributes"],
+         "Resource": allowed_topic},
+    ]}
+    subprocess.run(iam + ["put-user-policy", "--user-name", user, "--policy-name", "scoped",
+                          "--policy-document", json.dumps(policy)], env=env, check=True, capture_output=True)
+    key = json.loads(subprocess.run(iam + ["create-access-key", "--user-name", user], env=env,
+                                    check=True, capture_output=True, text=True).stdout)["AccessKey"]
+    sess = signed_session(key["AccessKeyId"], key["SecretAccessKey"])
+
+    def call(target: str, body: dict) -> requests.Response:
+        return sess.post(f"{server.url}/", data=json.dumps(body), timeout=10, headers={
+            "X-Amz-Target": target, "Content-Type": "application/x-amz-json-1.1"})
+
+    r = call("AWSEvents.PutTargets", {"Name": allowed, "Rule": victim,
+                                      "Targets": [{"Id": "x", "Arn": allowed_topic}]})
+    assert r.status_code == 403 and "AccessDenied" in r.text, r.text
+    assert ev.list_targets_by_rule(Rule=victim)["Targets"] == []
+    r = call("AWSEvents.PutTargets", {"Rule": allowed, "Targets": [{"Id": "x", "Arn": allowed_topic}]})
+    assert r.status_code == 200, r.text
+    for target, body in (
+        ("OpenTrailSNS.Unsubscribe", {"TopicArn": allowed_topic, "SubscriptionArn": other_sub}),
+        ("OpenTrailSNS.GetSubscriptionAttributes", {"TopicArn": allowed_topic, "SubscriptionArn": other_sub}),
+        ("OpenTrailSNS.ListDeadLetters", {"TopicArn": allowed_topic, "SubscriptionArn": other_sub}),
+        ("OpenTrailSNS.GetTopicSigningSecret", {"TopicArn": allowed_topic}),
+    ):
+        r = call(target, body)
+        assert r.status_code == 403 and "AccessDenied" in r.text, (target, r.text)
+    assert other_sub in [s["SubscriptionArn"] for s in topics_ok(server, "list-subscriptions")["Subscriptions"]]
+    r = call("OpenTrailSNS.GetTopicAttributes", {"TopicArn": allowed_topic})
+    assert r.status_code == 200 and "SigningSecret" not in r.json()["Attributes"]
+
+
+def test_unsubscribed_endpoints_get_nothing_more(server):
+    topic, _ = new_topic(server)
+    path = f"/gone-{uid()}"
+    sub = subscribe(server, topic, "http", WEBHOOK.url + path)
+    name = f"Gone{uid()}"
+    rule_to(server, topic, {"detail": {"eventName": [name]}})
+    server.ingest_ok([make_record(eventName=name, readOnly=False)])
+    poll_until("the first alert", lambda: WEBHOOK.accepted(path), timeout=10)
+    topics_ok(server, "unsubscribe", "--subscription-arn", sub)
+    server.ingest_ok([make_record(eventName=name, readOnly=False) for _ in range(20)])
+    topics_ok(server, "publish", "--topic-arn", topic, "--message", "after")
+    time.sleep(1.5)
+    assert len(WEBHOOK.attempts(path)) == 1
 
 
 # ---------------------------------------------------------------------------

@@ -143,7 +143,10 @@ impl Dispatcher {
         smtp: Option<&SmtpSettings>,
         policy: RetryPolicy,
     ) -> Result<Self, String> {
+        // No redirects: a 3xx is a failure (a followed POST would become a GET, and an alert
+        // that was never posted would count as delivered).
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
             .build()
@@ -200,6 +203,28 @@ impl Dispatcher {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        // Messages of subscriptions that are gone (removed while a view step or a Publish was
+        // queueing from the configuration before) are dropped, never sent.
+        let live = self.live.get();
+        let (due, gone): (Vec<_>, Vec<_>) = due.into_iter().partition(|row| {
+            live.config
+                .subscriptions
+                .contains_key(&row.subscription_arn)
+        });
+        if !gone.is_empty() {
+            let cat = Arc::clone(&self.catalog);
+            let mut arns: Vec<String> = gone.into_iter().map(|r| r.subscription_arn).collect();
+            arns.dedup();
+            tokio::task::spawn_blocking(move || -> Result<(), String> {
+                for arn in &arns {
+                    cat.alert_forget_subscription(arn)
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+        }
         let n = due.len();
         // Outcomes are recorded a few at a time as they come, so a crash repeats few sends.
         let mut settled = futures::stream::iter(due)
@@ -326,26 +351,37 @@ impl Dispatcher {
 
     async fn nats(&self, row: &AlertMessageRow, out: &Outgoing) -> Result<(), String> {
         let ep = NatsEndpoint::parse(&out.endpoint)?;
-        let client = {
-            let mut clients = self.nats.lock().await;
-            match clients.get(&ep.server) {
-                Some(c) if c.connection_state() == async_nats::connection::State::Connected => {
-                    c.clone()
-                }
-                _ => {
-                    let c = async_nats::ConnectOptions::new()
-                        .connection_timeout(Duration::from_secs(5))
-                        .connect(ep.server.as_str())
-                        .await
-                        .map_err(|e| format!("connecting to {}: {e}", ep.server))?;
-                    clients.insert(ep.server.clone(), c.clone());
-                    c
-                }
+        // The lock is not held while connecting: one unreachable server must not hold up
+        // sends to the others.
+        let cached = self
+            .nats
+            .lock()
+            .await
+            .get(&ep.server)
+            .cloned()
+            .filter(|c| c.connection_state() == async_nats::connection::State::Connected);
+        let client = match cached {
+            Some(c) => c,
+            None => {
+                let c = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_secs(5))
+                    .connect(ep.server.as_str())
+                    .await
+                    .map_err(|e| format!("connecting to {}: {e}", ep.server))?;
+                self.nats.lock().await.insert(ep.server.clone(), c.clone());
+                c
             }
         };
         let js = async_nats::jetstream::new(client);
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", row.message_id.as_str());
+        // One id per (message, subscription): a Publish gives every subscriber the same message
+        // id, and two subjects in one stream must not drop each other as duplicates.
+        let msg_id = format!(
+            "{}:{}",
+            row.message_id,
+            row.subscription_arn.rsplit(':').next().unwrap_or_default()
+        );
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
         headers.insert("OpenTrail-Topic-Arn", out.topic_arn.as_str());
         if let Some(rule) = &out.rule {
             headers.insert("OpenTrail-Rule", rule.as_str());

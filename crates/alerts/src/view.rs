@@ -210,10 +210,9 @@ fn truncate(mut s: String, max: usize) -> String {
 
 fn who(record: &Value) -> String {
     let id = &record["userIdentity"];
-    id.get("arn")
-        .or_else(|| id.get("userName"))
-        .or_else(|| id.get("type"))
-        .and_then(Value::as_str)
+    ["arn", "userName", "type"]
+        .iter()
+        .find_map(|k| id.get(*k).and_then(Value::as_str))
         .unwrap_or("unknown")
         .to_owned()
 }

@@ -67,8 +67,14 @@ pub enum TopicsCommand {
         topic_arn: String,
     },
     ListTopics,
-    /// A topic's attributes, with its signing secret.
+    /// A topic's attributes.
     GetTopicAttributes {
+        #[arg(long)]
+        topic_arn: String,
+    },
+    /// The secret a topic's webhook messages are signed with (its own permission:
+    /// sns:GetTopicSigningSecret).
+    GetSigningSecret {
         #[arg(long)]
         topic_arn: String,
     },
@@ -195,6 +201,9 @@ pub fn run_topics(args: TopicsArgs) -> anyhow::Result<()> {
         TopicsCommand::ListTopics => call("ListTopics", json!({}))?,
         TopicsCommand::GetTopicAttributes { topic_arn } => {
             call("GetTopicAttributes", json!({ "TopicArn": topic_arn }))?
+        }
+        TopicsCommand::GetSigningSecret { topic_arn } => {
+            call("GetTopicSigningSecret", json!({ "TopicArn": topic_arn }))?
         }
         TopicsCommand::Subscribe {
             topic_arn,

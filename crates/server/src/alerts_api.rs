@@ -79,6 +79,7 @@ impl Api {
                     "ListSubscriptionsByTopic",
                     "GetSubscriptionAttributes",
                     "ListDeadLetters",
+                    "GetTopicSigningSecret",
                 ],
                 &[
                     "CreateTopic",
@@ -505,9 +506,24 @@ async fn topics_dispatch(app: &Arc<App>, op: &str, v: &Value) -> Result<Vec<u8>,
                 "SubscriptionsConfirmed": subs.to_string(),
                 "SubscriptionsPending": "0",
                 "SubscriptionsDeleted": "0",
-                "SigningSecret": t.secret,
                 "DeclaredInSettings": t.declared.to_string(),
             }}))
+        }
+        "GetTopicSigningSecret" => {
+            // Its own action, so that reading a topic's attributes does not let a caller forge
+            // its webhook signatures.
+            let arn = req(api, v, "TopicArn")?;
+            let live = app.alerts.live.get();
+            let t = live
+                .config
+                .topic(arn)
+                .filter(|t| t.arn == arn)
+                .ok_or_else(|| {
+                    api.error(ConfigError::NotFound(format!(
+                        "Topic does not exist: {arn}"
+                    )))
+                })?;
+            to_json(&json!({ "TopicArn": t.arn, "SigningSecret": t.secret }))
         }
         "Subscribe" => {
             let topic = req(api, v, "TopicArn")?.to_owned();
@@ -702,20 +718,50 @@ async fn topics_dispatch(app: &Arc<App>, op: &str, v: &Value) -> Result<Vec<u8>,
 }
 
 /// The resource a call is authorized on.
-fn resource(app: &App, api: Api, v: &Value) -> String {
+/// The resource a call is authorized on: taken from the very member the operation acts on.
+fn resource(app: &App, api: Api, op: &str, v: &Value) -> String {
     let s = |k: &str| v.get(k).and_then(Value::as_str);
-    match api {
-        Api::Events => match s("Name").or_else(|| s("Rule")) {
-            Some(name) => format!("{}/{name}", rule_arn_prefix(&app.settings)),
-            None => "*".to_owned(),
-        },
-        Api::Topics => match (s("TopicArn"), s("Name"), s("SubscriptionArn")) {
-            (Some(arn), _, _) => arn.to_owned(),
-            (None, Some(name), _) => format!("{}:{name}", topic_arn_prefix(&app.settings)),
-            // A subscription's ARN is its topic's and a suffix.
-            (None, None, Some(sub)) => sub.rsplit_once(':').map_or(sub, |(t, _)| t).to_owned(),
-            _ => "*".to_owned(),
-        },
+    let rule = |k: &str| {
+        s(k).map_or_else(
+            || "*".to_owned(),
+            |name| format!("{}/{name}", rule_arn_prefix(&app.settings)),
+        )
+    };
+    // A subscription is authorized as its topic (the stored one, when it exists).
+    let subscription_topic = || match s("SubscriptionArn") {
+        None => "*".to_owned(),
+        Some(sub) => app
+            .alerts
+            .live
+            .get()
+            .config
+            .subscriptions
+            .get(sub)
+            .map(|d| d.topic_arn.clone())
+            .unwrap_or_else(|| sub.rsplit_once(':').map_or(sub, |(t, _)| t).to_owned()),
+    };
+    match (api, op) {
+        (Api::Events, "PutRule" | "DescribeRule" | "DeleteRule" | "EnableRule" | "DisableRule") => {
+            rule("Name")
+        }
+        (Api::Events, "PutTargets" | "RemoveTargets" | "ListTargetsByRule") => rule("Rule"),
+        (Api::Topics, "CreateTopic") => s("Name").map_or_else(
+            || "*".to_owned(),
+            |name| format!("{}:{name}", topic_arn_prefix(&app.settings)),
+        ),
+        (
+            Api::Topics,
+            "DeleteTopic"
+            | "GetTopicAttributes"
+            | "GetTopicSigningSecret"
+            | "Subscribe"
+            | "ListSubscriptionsByTopic"
+            | "Publish",
+        ) => s("TopicArn").unwrap_or("*").to_owned(),
+        (Api::Topics, "Unsubscribe" | "GetSubscriptionAttributes" | "ListDeadLetters") => {
+            subscription_topic()
+        }
+        _ => "*".to_owned(),
     }
 }
 
@@ -749,7 +795,7 @@ async fn run(
     app.access.authorize(
         caller,
         &format!("{}:{op}", api.service()),
-        &resource(app, api, &value),
+        &resource(app, api, op, &value),
         &ctx.source_ip,
         &ctx.region,
         ctx.now_ms,

@@ -707,6 +707,15 @@ impl Settings {
         if !(1..=100).contains(&self.alert_max_attempts) {
             return Err(invalid("alert_max_attempts", "must be 1 to 100"));
         }
+        if self.alert_retry_base < Duration::from_millis(100) {
+            return Err(invalid("alert_retry_base", "must be at least 100ms"));
+        }
+        if self.alert_max_backoff < self.alert_retry_base {
+            return Err(invalid(
+                "alert_max_backoff",
+                "must be at least alert_retry_base",
+            ));
+        }
         if let Some(v) = &self.s3_server_side_encryption
             && !opentrail_delivery::buckets::SSE_VALUES.contains(&v.as_str())
         {
