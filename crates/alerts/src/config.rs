@@ -310,7 +310,8 @@ impl AlertsConfig {
             .filter(|t| !name_or_arn.starts_with("arn:") || t.arn == name_or_arn)
     }
 
-    fn topic_by_arn(&self, arn: &str) -> Result<&TopicDef, ConfigError> {
+    /// The topic with exactly this ARN.
+    pub fn topic_by_arn(&self, arn: &str) -> Result<&TopicDef, ConfigError> {
         self.topic(arn)
             .filter(|t| t.arn == arn)
             .ok_or_else(|| ConfigError::NotFound(format!("Topic does not exist: {arn}")))

@@ -3,7 +3,7 @@
 //! allowed attempt. Each outcome is recorded with the subscription's counters.
 //!
 //! - **Webhooks** get SNS's notification envelope (`Type`, `MessageId`, `TopicArn`, `Subject`,
-//!   `Message`, `Timestamp`) signed like delivery notifications: `X-OpenTrail-Signature:
+//!   `Message`, `Timestamp`) signed as delivery notifications are (the same code): `X-OpenTrail-Signature:
 //!   sha256=<HMAC-SHA256 of the body under the topic's secret>`. A 2xx answer is success.
 //! - **Email** is a plain-text message from the configured sender, with the subject and the
 //!   event pretty-printed; `Message-ID: <message id@opentrail>`.
@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::hmac;
 use futures::StreamExt;
 use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
@@ -24,14 +23,12 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use opentrail_catalog::{AlertMessageRow, AlertOutcome, Catalog};
-use serde::Serialize;
+use opentrail_delivery::notify::{SIGNATURE_HEADER, envelope, signature};
 use tokio::sync::{Notify, watch};
 
 use crate::config::{NatsEndpoint, Protocol};
 use crate::view::{Live, Outgoing};
 
-/// The signature header (the same as delivery notifications').
-pub const SIGNATURE_HEADER: &str = "X-OpenTrail-Signature";
 /// Messages attempted at once.
 const CONCURRENCY: usize = 16;
 const BATCH: usize = 256;
@@ -100,26 +97,6 @@ impl RetryPolicy {
             at_ms: now_ms + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2),
         }
     }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct SnsEnvelope<'a> {
-    #[serde(rename = "Type")]
-    kind: &'a str,
-    message_id: &'a str,
-    topic_arn: &'a str,
-    subject: &'a str,
-    message: &'a str,
-    timestamp: String,
-}
-
-/// `sha256=<hex HMAC-SHA256(secret, body)>`.
-pub fn signature(secret: &str, body: &[u8]) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    let tag = hmac::sign(&key, body);
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
 }
 
 /// Sends queued messages.
@@ -281,18 +258,13 @@ impl Dispatcher {
             .topic(&out.topic_arn)
             .map(|t| t.secret.clone())
             .unwrap_or_default();
-        let timestamp = jiff::Timestamp::from_millisecond(row.created_ms)
-            .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-            .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
-            .to_string();
-        let body = serde_json::to_string(&SnsEnvelope {
-            kind: "Notification",
-            message_id: &row.message_id,
-            topic_arn: &out.topic_arn,
-            subject: &out.subject,
-            message: &out.message,
-            timestamp,
-        })
+        let body = envelope(
+            &row.message_id,
+            &out.topic_arn,
+            &out.subject,
+            &out.message,
+            row.created_ms,
+        )
         .map_err(|e| e.to_string())?;
         let resp = self
             .http
@@ -451,10 +423,5 @@ mod tests {
             p.after_failure(4, "gone".into(), 0),
             AlertOutcome::DeadLetter { error } if error == "gone"
         ));
-        // RFC 4231 test case 2.
-        assert_eq!(
-            signature("Jefe", b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
     }
 }

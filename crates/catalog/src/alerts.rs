@@ -120,6 +120,22 @@ pub(crate) const SCHEMA_V6: &str = "BEGIN;
      PRAGMA user_version = 6;
      COMMIT;";
 
+/// Queues `messages`, due at once.
+fn insert_messages(
+    tx: &rusqlite::Transaction<'_>,
+    messages: &[NewAlertMessage],
+    now_ms: i64,
+) -> Result<(), CatalogError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO alert_messages (subscription_arn, message_id, body, next_attempt_ms, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?4)",
+    )?;
+    for m in messages {
+        insert.execute(params![m.subscription_arn, m.message_id, m.body, now_ms])?;
+    }
+    Ok(())
+}
+
 fn u64_of(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -150,15 +166,7 @@ impl Catalog {
         let cursor = i64::try_from(cursor).map_err(|_| CatalogError::Corrupt("cursor".into()))?;
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO alert_messages (subscription_arn, message_id, body, next_attempt_ms, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?4)",
-            )?;
-            for m in messages {
-                insert.execute(params![m.subscription_arn, m.message_id, m.body, now_ms])?;
-            }
-        }
+        insert_messages(&tx, messages, now_ms)?;
         tx.execute(
             "INSERT INTO alert_view (id, cursor, state) VALUES (1, ?1, ?2)
              ON CONFLICT (id) DO UPDATE SET cursor = excluded.cursor, state = excluded.state",
@@ -176,15 +184,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO alert_messages (subscription_arn, message_id, body, next_attempt_ms, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?4)",
-            )?;
-            for m in messages {
-                insert.execute(params![m.subscription_arn, m.message_id, m.body, now_ms])?;
-            }
-        }
+        insert_messages(&tx, messages, now_ms)?;
         tx.commit()?;
         Ok(())
     }

@@ -7,42 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::client::ApiClient;
-
-#[derive(Args, Debug)]
-pub struct Connection {
-    /// The OpenTrail server [default: $AWS_ENDPOINT_URL, else http://127.0.0.1:7433].
-    #[arg(long, global = true)]
-    endpoint_url: Option<String>,
-    /// Region to sign for [default: $AWS_REGION, $AWS_DEFAULT_REGION, us-east-1].
-    #[arg(long, global = true)]
-    region: Option<String>,
-}
-
-impl Connection {
-    pub fn client(&self) -> anyhow::Result<ApiClient> {
-        let endpoint = self
-            .endpoint_url
-            .clone()
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
-            .unwrap_or_else(|| "http://127.0.0.1:7433".to_owned());
-        let region = self
-            .region
-            .clone()
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-            .unwrap_or_else(|| "us-east-1".to_owned());
-        ApiClient::new(
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(std::time::Duration::from_secs(30)))
-                .build()
-                .into(),
-            &endpoint,
-            &region,
-        )
-    }
-}
+use crate::client::Connection;
 
 #[derive(Args, Debug)]
 pub struct TopicsArgs {

@@ -2,6 +2,7 @@
 //! `AWS_SECRET_ACCESS_KEY`, requests signed with SigV4 for the call's service and region.
 
 use anyhow::Context as _;
+use clap::Args;
 use opentrail_auth::client::{Credentials, sign_now};
 use serde_json::Value;
 
@@ -73,5 +74,43 @@ impl ApiClient {
             );
         }
         Ok(v)
+    }
+}
+
+/// Where a signed command goes: `--endpoint-url` and `--region`, with the AWS CLI's
+/// environment fallbacks.
+#[derive(Args, Debug)]
+pub struct Connection {
+    /// The OpenTrail server [default: $AWS_ENDPOINT_URL, else http://127.0.0.1:7433].
+    #[arg(long, global = true)]
+    endpoint_url: Option<String>,
+    /// Region to sign for [default: $AWS_REGION, $AWS_DEFAULT_REGION, us-east-1].
+    #[arg(long, global = true)]
+    region: Option<String>,
+}
+
+impl Connection {
+    /// A client signing with the credentials in the environment.
+    pub fn client(&self) -> anyhow::Result<ApiClient> {
+        let endpoint = self
+            .endpoint_url
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+            .unwrap_or_else(|| "http://127.0.0.1:7433".to_owned());
+        let region = self
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".to_owned());
+        ApiClient::new(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(std::time::Duration::from_secs(30)))
+                .build()
+                .into(),
+            &endpoint,
+            &region,
+        )
     }
 }

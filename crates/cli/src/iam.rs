@@ -9,12 +9,8 @@ use serde_json::Value;
 
 #[derive(Args, Debug)]
 pub struct IamArgs {
-    /// The OpenTrail server [default: $AWS_ENDPOINT_URL, else http://127.0.0.1:7433].
-    #[arg(long, global = true)]
-    endpoint_url: Option<String>,
-    /// Region to sign for [default: $AWS_REGION, $AWS_DEFAULT_REGION, us-east-1].
-    #[arg(long, global = true)]
-    region: Option<String>,
+    #[command(flatten)]
+    conn: crate::client::Connection,
     #[command(subcommand)]
     command: IamCommand,
 }
@@ -261,24 +257,7 @@ fn to_call(cmd: &IamCommand) -> anyhow::Result<(String, Value)> {
 }
 
 pub fn run(args: IamArgs) -> anyhow::Result<()> {
-    let endpoint = args
-        .endpoint_url
-        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
-        .unwrap_or_else(|| "http://127.0.0.1:7433".to_owned());
-    let region = args
-        .region
-        .or_else(|| std::env::var("AWS_REGION").ok())
-        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-        .unwrap_or_else(|| "us-east-1".to_owned());
-    let client = crate::client::ApiClient::new(
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(30)))
-            .build()
-            .into(),
-        &endpoint,
-        &region,
-    )?;
+    let client = args.conn.client()?;
     let (action, body) = to_call(&args.command)?;
     let out = client.call("iam", &format!("OpenTrailIAM.{action}"), &body)?;
     if out.as_object().is_some_and(|m| !m.is_empty()) {

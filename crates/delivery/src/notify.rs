@@ -68,6 +68,29 @@ struct Envelope<'a> {
     timestamp: &'a str,
 }
 
+/// SNS's notification envelope around `message` (what webhook subscribers receive), stamped
+/// with `time_ms`.
+pub fn envelope(
+    message_id: &str,
+    topic_arn: &str,
+    subject: &str,
+    message: &str,
+    time_ms: i64,
+) -> Result<String, serde_json::Error> {
+    let timestamp = jiff::Timestamp::from_millisecond(time_ms)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    serde_json::to_string(&Envelope {
+        kind: "Notification",
+        message_id,
+        topic_arn,
+        subject,
+        message,
+        timestamp: &timestamp,
+    })
+}
+
 /// The notifications announcing `keys` in `bucket`: one per subscriber of the topic.
 pub fn announce(
     topic: &Topic,
@@ -81,18 +104,13 @@ pub fn announce(
         s3_object_key: keys,
     })?;
     let message_id = uuid::Uuid::new_v4().to_string();
-    let timestamp = jiff::Timestamp::from_millisecond(now_ms)
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string();
-    let envelope = serde_json::to_string(&Envelope {
-        kind: "Notification",
-        message_id: &message_id,
+    let envelope = envelope(
+        &message_id,
         topic_arn,
-        subject: "[AWS Notification Message]",
-        message: &message,
-        timestamp: &timestamp,
-    })?;
+        "[AWS Notification Message]",
+        &message,
+        now_ms,
+    )?;
     Ok(topic
         .endpoints
         .iter()

@@ -2,7 +2,6 @@
 //! workers (the rules view following the log, the dispatcher sending queued messages).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use opentrail_alerts::{AlertsConfig, ConfigError, Dispatcher, Live, RetryPolicy, RuleView};
 use opentrail_catalog::Catalog;
@@ -15,7 +14,6 @@ use crate::{App, ServerError, Settings};
 
 /// Records the rules view reads per step.
 const VIEW_BATCH: usize = 4096;
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub(crate) struct Alerts {
     pub live: Arc<Live>,
@@ -168,44 +166,17 @@ pub(crate) fn spawn(app: Arc<App>, stop: watch::Receiver<bool>) -> Vec<JoinHandl
     ]
 }
 
-async fn view_worker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
-    let mut durable = app.log.subscribe();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if *stop.borrow() {
-            return;
+async fn view_worker(app: Arc<App>, stop: watch::Receiver<bool>) {
+    crate::views::follow_log(app, stop, "rules", |app| {
+        let step = app
+            .alerts
+            .view
+            .step(&app.alerts.live.get(), VIEW_BATCH, App::now_ms())
+            .map_err(|e| e.to_string())?;
+        if step.messages > 0 {
+            app.alerts.wake.notify_one();
         }
-        durable.borrow_and_update();
-        let view = Arc::clone(&app.alerts.view);
-        let live = app.alerts.live.get();
-        let stepped =
-            tokio::task::spawn_blocking(move || view.step(&live, VIEW_BATCH, App::now_ms())).await;
-        match stepped {
-            Ok(Ok(step)) if step.records == 0 => {
-                backoff = Duration::from_millis(100);
-                tokio::select! {
-                    changed = durable.changed() => if changed.is_err() { return },
-                    _ = stop.changed() => return,
-                }
-            }
-            Ok(Ok(step)) => {
-                backoff = Duration::from_millis(100);
-                if step.messages > 0 {
-                    app.alerts.wake.notify_one();
-                }
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, retry_in = ?backoff, "rules view failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {},
-                    _ = stop.changed() => return,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "rules view task panicked");
-                return;
-            }
-        }
-    }
+        Ok(step.records)
+    })
+    .await;
 }

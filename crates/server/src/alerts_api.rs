@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use crate::App;
 use crate::access::Caller;
 use crate::alerts::{random_secret, rule_arn_prefix, topic_arn_prefix};
-use crate::api::{CallContext, answer, read_call_body, record_call};
+use crate::api::{CallContext, answer, json_body, read_call_body, record_call};
 
 pub(crate) const EVENTS_PREFIX: &str = "AWSEvents.";
 pub(crate) const TOPICS_PREFIX: &str = "OpenTrailSNS.";
@@ -485,15 +485,7 @@ async fn topics_dispatch(app: &Arc<App>, op: &str, v: &Value) -> Result<Vec<u8>,
         "GetTopicAttributes" => {
             let arn = req(api, v, "TopicArn")?;
             let live = app.alerts.live.get();
-            let t = live
-                .config
-                .topic(arn)
-                .filter(|t| t.arn == arn)
-                .ok_or_else(|| {
-                    api.error(ConfigError::NotFound(format!(
-                        "Topic does not exist: {arn}"
-                    )))
-                })?;
+            let t = live.config.topic_by_arn(arn).map_err(err)?;
             let subs = live
                 .config
                 .subscriptions
@@ -514,15 +506,7 @@ async fn topics_dispatch(app: &Arc<App>, op: &str, v: &Value) -> Result<Vec<u8>,
             // its webhook signatures.
             let arn = req(api, v, "TopicArn")?;
             let live = app.alerts.live.get();
-            let t = live
-                .config
-                .topic(arn)
-                .filter(|t| t.arn == arn)
-                .ok_or_else(|| {
-                    api.error(ConfigError::NotFound(format!(
-                        "Topic does not exist: {arn}"
-                    )))
-                })?;
+            let t = live.config.topic_by_arn(arn).map_err(err)?;
             to_json(&json!({ "TopicArn": t.arn, "SigningSecret": t.secret }))
         }
         "Subscribe" => {
@@ -554,14 +538,7 @@ async fn topics_dispatch(app: &Arc<App>, op: &str, v: &Value) -> Result<Vec<u8>,
             let live = app.alerts.live.get();
             let topic = if op == "ListSubscriptionsByTopic" {
                 let arn = req(api, v, "TopicArn")?;
-                live.config
-                    .topic(arn)
-                    .filter(|t| t.arn == arn)
-                    .ok_or_else(|| {
-                        api.error(ConfigError::NotFound(format!(
-                            "Topic does not exist: {arn}"
-                        )))
-                    })?;
+                live.config.topic_by_arn(arn).map_err(err)?;
                 Some(arn.to_owned())
             } else {
                 None
@@ -640,14 +617,7 @@ async fn topics_dispatch(app: &Arc<App>, op: &str, v: &Value) -> Result<Vec<u8>,
                 ));
             }
             let live = app.alerts.live.get();
-            live.config
-                .topic(&arn)
-                .filter(|t| t.arn == arn)
-                .ok_or_else(|| {
-                    api.error(ConfigError::NotFound(format!(
-                        "Topic does not exist: {arn}"
-                    )))
-                })?;
+            live.config.topic_by_arn(&arn).map_err(err)?;
             let message_id = uuid::Uuid::new_v4().to_string();
             let messages: Vec<NewAlertMessage> = live
                 .config
@@ -773,16 +743,7 @@ async fn run(
     body: &[u8],
     op: &str,
 ) -> Result<Vec<u8>, ApiError> {
-    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::new(
-                Exception::SerializationException,
-                format!("the request body is not JSON: {e}"),
-            )
-        })?
-    };
+    let value = json_body(body)?;
     if !value.is_object() {
         return Err(ApiError::new(
             Exception::SerializationException,

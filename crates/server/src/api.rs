@@ -206,6 +206,19 @@ pub(crate) async fn read_call_body(
     })
 }
 
+/// A JSON request body (an empty one is `{}`); anything else is a `SerializationException`.
+pub(crate) fn json_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            Exception::SerializationException,
+            format!("the request body is not JSON: {e}"),
+        )
+    })
+}
+
 /// Records a call's self-audit record (`request` as its requestParameters) and gives its
 /// sequence number when it waited for it. When the record cannot be stored, the answer the
 /// caller gets instead: an audit trail that cannot record its own API calls must not answer

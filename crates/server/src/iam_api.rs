@@ -34,16 +34,7 @@ async fn run(
             format!("The action {action} is not valid for this endpoint."),
         ));
     };
-    let value: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
-        serde_json::json!({})
-    } else {
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::new(
-                Exception::SerializationException,
-                format!("the request body is not JSON: {e}"),
-            )
-        })?
-    };
+    let value = crate::api::json_body(body)?;
     let resource = app.access.iam_resource(action, &value).await;
     app.access.authorize(
         &caller,

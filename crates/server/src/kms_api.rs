@@ -616,16 +616,7 @@ async fn run(
     read_only: Option<bool>,
 ) -> Result<Vec<u8>, ApiError> {
     let caller = ctx.authenticate(app, parts, body, &["kms"])?;
-    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::new(
-                Exception::SerializationException,
-                format!("the request body is not JSON: {e}"),
-            )
-        })?
-    };
+    let value = crate::api::json_body(body)?;
     if read_only.is_none() {
         return Err(ApiError::new(
             Exception::UnsupportedOperationException,

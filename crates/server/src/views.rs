@@ -21,7 +21,27 @@ pub(crate) fn spawn(app: Arc<App>, stop: watch::Receiver<bool>) -> Vec<JoinHandl
     ]
 }
 
-async fn index_worker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+async fn index_worker(app: Arc<App>, stop: watch::Receiver<bool>) {
+    follow_log(app, stop, "history index", |app| {
+        app.index
+            .apply_next(INDEX_BATCH, app.retention_cutoff_ms())
+            .map(|n| n as u64)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+}
+
+/// Runs a view that follows the event log: `step` (on a blocking thread) applies what it can
+/// and says how many records it moved past; at 0 the loop waits for the log to grow. A failing
+/// step is retried with capped exponential backoff. Ends when told to stop, or if a step panics.
+pub(crate) async fn follow_log<F>(
+    app: Arc<App>,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+    step: F,
+) where
+    F: Fn(&App) -> Result<u64, String> + Clone + Send + 'static,
+{
     let mut durable = app.log.subscribe();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -29,11 +49,8 @@ async fn index_worker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             return;
         }
         durable.borrow_and_update();
-        let index = app.index.clone();
-        let cutoff = app.retention_cutoff_ms();
-        let applied =
-            tokio::task::spawn_blocking(move || index.apply_next(INDEX_BATCH, cutoff)).await;
-        match applied {
+        let (app2, step2) = (Arc::clone(&app), step.clone());
+        match tokio::task::spawn_blocking(move || step2(&app2)).await {
             Ok(Ok(0)) => {
                 backoff = Duration::from_millis(100);
                 tokio::select! {
@@ -43,7 +60,7 @@ async fn index_worker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             }
             Ok(Ok(_)) => backoff = Duration::from_millis(100),
             Ok(Err(e)) => {
-                tracing::error!(error = %e, retry_in = ?backoff, "history index worker failed; retrying");
+                tracing::error!(view = what, error = %e, retry_in = ?backoff, "view failed; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {},
                     _ = stop.changed() => return,
@@ -51,7 +68,7 @@ async fn index_worker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(e) => {
-                tracing::error!(error = %e, "history index task panicked");
+                tracing::error!(view = what, error = %e, "view task panicked");
                 return;
             }
         }
