@@ -24,7 +24,6 @@ import ssl
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import boto3
 import pytest
 import requests
 
+from receivers import Webhook, make_cert
 from conftest import (
     ACCOUNT_ID,
     DEFAULT_REGION,
@@ -56,79 +56,6 @@ MAX_ATTEMPTS = 3
 # ---------------------------------------------------------------------------
 # Receivers
 # ---------------------------------------------------------------------------
-
-
-class Webhook:
-    """Records every POST. ``/flaky-N`` fails its first N posts; ``/down`` always fails."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.posts: list[dict] = []
-        self.seen: dict[str, int] = {}
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with hook.lock:
-                    n = hook.seen.get(self.path, 0)
-                    hook.seen[self.path] = n + 1
-                    status = 200
-                    if self.path == "/down":
-                        status = 503
-                    elif self.path.startswith("/flaky-"):
-                        status = 500 if n < int(self.path.split("-")[1]) else 200
-                    hook.posts.append({
-                        "path": self.path,
-                        "headers": {k.lower(): v for k, v in self.headers.items()},
-                        "body": body,
-                        "status": status,
-                        "time": time.time(),
-                    })
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.port = free_port()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def accepted(self, path: str) -> list[dict]:
-        with self.lock:
-            return [p for p in self.posts if p["path"] == path and p["status"] == 200]
-
-    def attempts(self, path: str) -> list[dict]:
-        with self.lock:
-            return [p for p in self.posts if p["path"] == path]
-
-
-def make_cert(dirpath: Path) -> tuple[Path, Path, Path]:
-    """A test CA and a server certificate for 127.0.0.1 it signed: (CA, cert, key)."""
-    ca, ca_key = dirpath / "ca.crt", dirpath / "ca.key"
-    cert, key, csr = dirpath / "smtp.crt", dirpath / "smtp.key", dirpath / "smtp.csr"
-    ext = dirpath / "ext.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-                   "extendedKeyUsage=serverAuth\n")
-    for cmd in (
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-keyout", str(ca_key), "-out", str(ca), "-subj", "/CN=OpenTrail test CA",
-         "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-         "-out", str(csr), "-subj", "/CN=127.0.0.1"],
-        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-         "-CAcreateserial", "-days", "2", "-out", str(cert), "-extfile", str(ext)],
-    ):
-        subprocess.run(cmd, check=True, capture_output=True)
-    return ca, cert, key
 
 
 class SmtpSink:

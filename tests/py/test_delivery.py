@@ -29,7 +29,6 @@ import threading
 import time
 import uuid
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -37,6 +36,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
+from receivers import Webhook
 from conftest import (
     poll_until,
     ACCOUNT_ID,
@@ -80,58 +80,8 @@ STAMP_SLACK_S = 5.0
 # ---------------------------------------------------------------------------
 
 
-class Webhook:
-    """Records every POST.  ``/flaky`` answers 500 until ``release_flaky()`` was called."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.posts: list[dict] = []
-        self.flaky_released = threading.Event()
-        webhook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 (http.server API)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
-                status = 200
-                if self.path == "/flaky" and not webhook.flaky_released.is_set():
-                    status = 500
-                with webhook.lock:
-                    webhook.posts.append({
-                        "path": self.path,
-                        "headers": {k.lower(): v for k, v in self.headers.items()},
-                        "body": body,
-                        "status": status,
-                        "time": time.time(),
-                    })
-                payload = b"ok" if status == 200 else b"failing on purpose"
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.port = free_port()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="webhook", daemon=True)
-        self.thread.start()
-
-    def posts_to(self, path: str) -> list[dict]:
-        with self.lock:
-            return [p for p in self.posts if p["path"] == path]
-
-    def release_flaky(self) -> None:
-        self.flaky_released.set()
-
-
 WEBHOOK = Webhook()
+WEBHOOK.fail("/flaky")
 
 SERVER_ENV = {
     "OPENTRAIL_DELIVERY_INTERVAL": "1s",
@@ -1079,7 +1029,7 @@ def test_notifications(server, dl):
 
 
 def test_notification_retried_until_accepted(server, dl):
-    assert not WEBHOOK.flaky_released.is_set()
+    assert "/flaky" in WEBHOOK.failing
     bucket = dl.bucket("flaky")
     name = dl.trail(bucket, "flaky", SnsTopicName=TOPIC_FLAKY)
     ids = ingest(server, [make_record(eventName=f"Flaky{uid()}") for _ in range(3)])
@@ -1118,7 +1068,7 @@ def test_notification_retried_until_accepted(server, dl):
         mid = json.loads(p["body"])["MessageId"]
         assert p["body"] == first_failed_body[mid], "a retried message differs from the first attempt"
 
-    WEBHOOK.release_flaky()
+    WEBHOOK.release("/flaky")
 
     def accepted():
         ok_ids = {json.loads(p["body"])["MessageId"] for p in WEBHOOK.posts_to("/flaky") if p["status"] == 200}

@@ -28,6 +28,9 @@
 //!   `alert_subscription_stats`: the rules view's cursor and state, the messages waiting for
 //!   their subscribers, the ones given up on, and each subscription's delivery counters (see
 //!   `alerts.rs`). Added in 6.
+//! - `log_streams(trail_arn, body)`: each trail's log streaming cursor, the file a file-set
+//!   destination appends to and its committed length, and the status (see `streams.rs`).
+//!   Added in 7.
 //!
 //! Older files are upgraded in place on open (the newer tables are added).
 
@@ -35,12 +38,14 @@ mod alerts;
 mod delivery;
 mod digests;
 mod documents;
+mod streams;
 
 pub use alerts::{AlertMessageRow, AlertOutcome, DeadLetter, NewAlertMessage, SubscriptionStats};
 pub use delivery::{DeliveryState, Notification, OutboxRow, Plan};
 pub use digests::{
     DigestChains, DigestFile, DigestRound, PreviousDigest, StoredDigestFile, StoredSigningKey,
 };
+pub use streams::{STREAM_BODY_VERSION, StreamFile, StreamState};
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -49,7 +54,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 /// The schema version this code reads and writes.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 /// The version of a stored [`Trail`] body.
 pub const TRAIL_BODY_VERSION: u32 = 1;
 
@@ -97,6 +102,11 @@ pub struct Trail {
     pub log_file_validation_enabled: bool,
     pub cloud_watch_logs_log_group_arn: Option<String>,
     pub cloud_watch_logs_role_arn: Option<String>,
+    /// The event log's end when the trail was pointed at its current log group: streaming
+    /// starts there. Absent in bodies written before log streaming (those stream from their
+    /// delivery cursor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_watch_logs_since: Option<u64>,
     pub kms_key_arn: Option<String>,
     pub is_organization_trail: bool,
     /// Basic selectors as given (the wire shape), when basic selectors are in force.
@@ -194,6 +204,7 @@ impl Trail {
             log_file_validation_enabled: false,
             cloud_watch_logs_log_group_arn: None,
             cloud_watch_logs_role_arn: None,
+            cloud_watch_logs_since: None,
             kms_key_arn: None,
             is_organization_trail: false,
             event_selectors: None,
@@ -333,6 +344,9 @@ impl Catalog {
         if version < 6 {
             conn.execute_batch(alerts::SCHEMA_V6)?;
         }
+        if version < 7 {
+            conn.execute_batch(streams::SCHEMA_V7)?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -437,6 +451,7 @@ impl Catalog {
         let n = tx.execute("DELETE FROM trails WHERE arn = ?1", params![arn])?;
         tx.execute("DELETE FROM deliveries WHERE trail_arn = ?1", params![arn])?;
         tx.execute("DELETE FROM outbox WHERE trail_arn = ?1", params![arn])?;
+        tx.execute("DELETE FROM log_streams WHERE trail_arn = ?1", params![arn])?;
         digests::drop_files(&tx, arn, None)?;
         tx.commit()?;
         Ok(n == 1)

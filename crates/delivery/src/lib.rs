@@ -8,6 +8,7 @@
 //! - [`buckets`]: local and S3-compatible buckets through `object_store`.
 //! - [`notify`]: delivery notifications to webhook subscribers.
 //! - [`worker`]: the per-trail workers and the notifier (cursor, plan, commit).
+//! - [`stream`]: log streaming to a trail's log group (file sets, syslog, HTTP NDJSON).
 
 pub mod buckets;
 mod chains;
@@ -18,10 +19,12 @@ pub mod keys;
 pub mod kms;
 pub mod layout;
 pub mod notify;
+pub mod stream;
 pub mod worker;
 
 pub use buckets::{BucketError, Buckets, S3Target, Target, Written};
 pub use filter::{Organization, TrailFilter, trail_selectors};
 pub use keys::{Keyring, KeyringError, MasterKey, PublicKeyInfo, write_private};
 pub use notify::{Topic, Topics};
+pub use stream::{StreamStats, Streamer, groups::LogGroups};
 pub use worker::{Deliverer, DeliveryConfig, DeliveryError, DeliveryStats};

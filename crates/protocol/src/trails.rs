@@ -162,6 +162,16 @@ pub struct TrailStatus {
     pub latest_digest_delivery_time: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latest_digest_delivery_error: Option<String>,
+    #[serde(
+        rename = "LatestCloudWatchLogsDeliveryTime",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub latest_cloud_watch_logs_delivery_time: Option<f64>,
+    #[serde(
+        rename = "LatestCloudWatchLogsDeliveryError",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub latest_cloud_watch_logs_delivery_error: Option<String>,
 }
 
 /// AddTags / RemoveTags input.

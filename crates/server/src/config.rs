@@ -38,7 +38,11 @@ pub struct Settings {
     pub sns_topics: Vec<String>,
     /// KMS keys trails may use: key ids (UUIDs), or `alias/Name=<key id>`. Default none.
     pub kms_keys: Vec<String>,
-    /// CloudWatch Logs log group ARNs trails may stream to. Default none.
+    /// The CloudWatch Logs log groups trails may stream to, each `ARN` or `ARN=DESTINATION`:
+    /// `file:///dir`, `syslog+tcp://host:port`, `syslog+tls://host:port` or an
+    /// `http(s)://` collector URL, with options after `#` (see
+    /// `opentrail_delivery::stream::groups`). Without a destination a group is a JSON-lines file
+    /// set under `<data_dir>/log-groups/<name>/`. Default none.
     pub cloudwatch_log_groups: Vec<String>,
     /// The organization (`o-` id) the default account belongs to, if any.
     pub organization_id: Option<String>,
@@ -645,6 +649,12 @@ impl Settings {
         }))
     }
 
+    /// The declared log groups and their destinations.
+    pub fn log_groups(&self) -> Result<opentrail_delivery::LogGroups, ConfigError> {
+        opentrail_delivery::LogGroups::parse(&self.cloudwatch_log_groups, &self.data_dir)
+            .map_err(|e| invalid("cloudwatch_log_groups", e))
+    }
+
     /// The organization the default account belongs to, if one is configured.
     pub fn organization(&self) -> Option<Organization> {
         Some(Organization {
@@ -686,6 +696,7 @@ impl Settings {
 
     /// Checks the settings hang together.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.log_groups()?;
         if opentrail_alerts::SmtpTls::parse(&self.smtp_tls).is_none() {
             return Err(invalid(
                 "smtp_tls",

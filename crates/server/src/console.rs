@@ -281,7 +281,7 @@ fn session_json(
         "Expires": session.expires_ms,
         "Permissions": permissions,
         "SnsTopics": app.settings.sns_topics,
-        "LogGroups": app.settings.cloudwatch_log_groups,
+        "LogGroups": app.streamer.groups().iter().map(|(arn, _)| arn).collect::<Vec<_>>(),
         "DeliveryIntervalSeconds": app.settings.delivery_interval.as_secs(),
     })
 }

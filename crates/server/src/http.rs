@@ -201,6 +201,36 @@ pub(crate) async fn metrics(
             value.load(std::sync::atomic::Ordering::Relaxed),
         );
     }
+    let st = &app.streamer.stats;
+    for (name, help, value) in [
+        (
+            "opentrail_stream_records_total",
+            "Records sent to log group destinations.",
+            &st.records,
+        ),
+        (
+            "opentrail_stream_bytes_total",
+            "Record bytes sent to log group destinations.",
+            &st.bytes,
+        ),
+        (
+            "opentrail_stream_skipped_total",
+            "Records over 256 KB left out of log streams.",
+            &st.skipped,
+        ),
+        (
+            "opentrail_stream_failures_total",
+            "Log streaming steps that failed and will be retried.",
+            &st.failures,
+        ),
+    ] {
+        metric(
+            name,
+            help,
+            "counter",
+            value.load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
     let mut resp = s.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{get, post};
 use opentrail_catalog::{Catalog, CatalogError};
-use opentrail_delivery::{Buckets, Deliverer, DeliveryConfig, Keyring};
+use opentrail_delivery::{Buckets, Deliverer, DeliveryConfig, Keyring, Streamer};
 use opentrail_index::{HistoryIndex, IndexError};
 use opentrail_insights::{Counters, CountersError, Engine, EngineConfig, InsightsError};
 use opentrail_log::{EventLog, LogConfig, LogError};
@@ -75,6 +75,7 @@ pub(crate) struct App {
     pub index: HistoryIndex,
     pub catalog: Arc<Catalog>,
     pub delivery: Arc<Deliverer>,
+    pub streamer: Arc<Streamer>,
     pub access: access::Access,
     pub counters: Counters,
     pub insights: std::sync::Mutex<Engine>,
@@ -198,6 +199,13 @@ pub async fn run(
         .map_err(ServerError::Delivery)?
         .with_kms(Arc::clone(&kms)),
     );
+    let streamer = Arc::new(Streamer::new(
+        log.clone(),
+        Arc::clone(&catalog),
+        Arc::new(settings.log_groups()?),
+        settings.organization(),
+        settings.delivery_max_backoff,
+    ));
     let alerts = {
         let (cat, l, s) = (Arc::clone(&catalog), log.clone(), settings.clone());
         tokio::task::spawn_blocking(move || alerts::Alerts::open(&cat, &l, &s)).await??
@@ -218,6 +226,7 @@ pub async fn run(
         index: index.clone(),
         catalog,
         delivery: Arc::clone(&delivery),
+        streamer: Arc::clone(&streamer),
         access,
         counters: counters.clone(),
         insights: std::sync::Mutex::new(engine),
@@ -229,6 +238,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = views::spawn(Arc::clone(&app), stop_rx.clone());
     workers.extend(alerts::spawn(Arc::clone(&app), stop_rx.clone()));
+    workers.push(streamer.spawn(stop_rx.clone()));
     workers.extend(delivery.spawn(stop_rx));
 
     let router = Router::new()

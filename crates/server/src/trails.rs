@@ -329,13 +329,7 @@ fn check_cloudwatch(app: &App, group: Option<&str>, role: Option<&str>) -> Resul
                     format!("{r} is not an IAM role ARN"),
                 ));
             }
-            let normal = |a: &str| a.trim_end_matches(":*").to_owned();
-            if !app
-                .settings
-                .cloudwatch_log_groups
-                .iter()
-                .any(|c| normal(c) == normal(g))
-            {
+            if !app.streamer.groups().contains(g) {
                 return Err(err(
                     Exception::InvalidCloudWatchLogsLogGroupArnException,
                     format!("log group {g} does not exist"),
@@ -422,8 +416,9 @@ async fn check_settings(
     })
 }
 
-/// Applies the members present in `s` to `t` (without the resolved, checked ones).
-fn apply_plain(t: &mut Trail, s: &TrailSettings) {
+/// Applies the members present in `s` to `t` (without the resolved, checked ones). `log_end` is
+/// the event log's end now: a trail pointed at another log group streams from there.
+fn apply_plain(t: &mut Trail, s: &TrailSettings, log_end: u64) {
     if let Some(b) = &s.s3_bucket_name {
         t.s3_bucket_name = b.clone();
     }
@@ -443,7 +438,11 @@ fn apply_plain(t: &mut Trail, s: &TrailSettings) {
         t.is_organization_trail = v;
     }
     if let Some(g) = &s.cloud_watch_logs_log_group_arn {
-        t.cloud_watch_logs_log_group_arn = Some(g.clone()).filter(|g| !g.is_empty());
+        let group = Some(g.clone()).filter(|g| !g.is_empty());
+        if group != t.cloud_watch_logs_log_group_arn {
+            t.cloud_watch_logs_since = group.as_ref().map(|_| log_end);
+        }
+        t.cloud_watch_logs_log_group_arn = group;
     }
     if let Some(r) = &s.cloud_watch_logs_role_arn {
         t.cloud_watch_logs_role_arn = Some(r.clone()).filter(|r| !r.is_empty());
@@ -494,7 +493,7 @@ pub(crate) async fn create_trail(
             value: t.value,
         })
         .collect();
-    apply_plain(&mut trail, &s);
+    apply_plain(&mut trail, &s, app.log.durable_end().next_seq);
     let checked = check_settings(app, ctx, &s, &trail).await?;
     apply_checked(&mut trail, checked);
     let max = app.settings.max_trails_per_region;
@@ -532,21 +531,28 @@ pub(crate) async fn update_trail(
     let current = resolve(app, ctx, &s.name).await?;
     check_owner_and_home(ctx, &current)?;
     let mut merged = current.clone();
-    apply_plain(&mut merged, &s);
+    apply_plain(&mut merged, &s, app.log.durable_end().next_seq);
     let checked = check_settings(app, ctx, &s, &merged).await?;
     apply_checked(&mut merged, checked);
     let stored = merged.clone();
     let arn = current.arn.clone();
     let updated = modify_trail(app, arn, move |t| -> Result<(), ()> {
-        // Logging state and selectors may have changed meanwhile; keep them.
+        // Logging state, its spans and tags may have changed meanwhile; keep them.
         let keep = (
             t.is_logging,
             t.start_logging_ms,
             t.stop_logging_ms,
             t.tags.clone(),
+            std::mem::take(&mut t.logging_spans),
         );
         *t = stored;
-        (t.is_logging, t.start_logging_ms, t.stop_logging_ms, t.tags) = keep;
+        (
+            t.is_logging,
+            t.start_logging_ms,
+            t.stop_logging_ms,
+            t.tags,
+            t.logging_spans,
+        ) = keep;
         Ok(())
     })
     .await?;
@@ -661,6 +667,14 @@ pub(crate) async fn get_trail_status(
     let d = with_catalog(app, move |c| c.delivery_state(&arn))
         .await?
         .unwrap_or_default();
+    let stream = {
+        let (streamer, t) = (Arc::clone(&app.streamer), t.clone());
+        tokio::task::spawn_blocking(move || streamer.state_for(&t))
+            .await
+            .map_err(|e| err(Exception::InternalFailure, e.to_string()))?
+            .map_err(|e| err(Exception::InternalFailure, e.to_string()))?
+            .unwrap_or_default()
+    };
     let secs = |ms: Option<i64>| ms.map(|ms| ms as f64 / 1000.0);
     Ok(TrailStatus {
         is_logging: t.is_logging,
@@ -678,6 +692,8 @@ pub(crate) async fn get_trail_status(
         latest_notification_attempt_succeeded: d.latest_notification_attempt_succeeded_ms.map(iso),
         latest_digest_delivery_time: secs(d.latest_digest_delivery_time_ms),
         latest_digest_delivery_error: d.latest_digest_delivery_error,
+        latest_cloud_watch_logs_delivery_time: secs(stream.latest_delivery_ms),
+        latest_cloud_watch_logs_delivery_error: stream.latest_error,
     })
 }
 

@@ -97,6 +97,7 @@ async fn maintenance(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 .map_err(|e| e.to_string())?
                 .min(app2.delivery.retention_floor().map_err(|e| e.to_string())?)
                 .min(app2.counters.cursor().map_err(|e| e.to_string())?)
+                .min(app2.streamer.retention_floor().map_err(|e| e.to_string())?)
                 .min(
                     app2.alerts
                         .view
