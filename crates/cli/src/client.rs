@@ -6,6 +6,14 @@ use clap::Args;
 use opentrail_auth::client::{Credentials, sign_now};
 use serde_json::Value;
 
+/// The server answered a request with an error status.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+}
+
 pub struct ApiClient {
     agent: ureq::Agent,
     url: String,
@@ -75,11 +83,48 @@ impl ApiClient {
         }
         Ok(v)
     }
+
+    /// `GET <path and query>` signed for `service`, with `extra` headers (not signed), for a
+    /// streamed answer: the response as it starts, or an error naming the exception.
+    pub fn get_stream(
+        &self,
+        service: &str,
+        path_and_query: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+        let url = format!("{}{}", self.url, path_and_query.trim_start_matches('/'));
+        let signed = sign_now(&self.creds, &self.region, service, "GET", &url, &[], b"")?;
+        let mut req = self.agent.get(&url);
+        for (k, v) in signed
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(extra.iter().copied())
+        {
+            req = req.header(k, v);
+        }
+        let mut resp = req.call().with_context(|| format!("connecting to {url}"))?;
+        if !resp.status().is_success() {
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let kind = v["__type"].as_str().unwrap_or("error");
+            return Err(Refused {
+                status: resp.status().as_u16(),
+                message: format!(
+                    "{} ({}): {}",
+                    resp.status(),
+                    kind.rsplit('#').next().unwrap_or(kind),
+                    v["Message"].as_str().unwrap_or(&text)
+                ),
+            }
+            .into());
+        }
+        Ok(resp)
+    }
 }
 
 /// Where a signed command goes: `--endpoint-url` and `--region`, with the AWS CLI's
 /// environment fallbacks.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct Connection {
     /// The OpenTrail server [default: $AWS_ENDPOINT_URL, else http://127.0.0.1:7433].
     #[arg(long, global = true)]
@@ -92,6 +137,27 @@ pub struct Connection {
 impl Connection {
     /// A client signing with the credentials in the environment.
     pub fn client(&self) -> anyhow::Result<ApiClient> {
+        self.client_with(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(std::time::Duration::from_secs(30)))
+                .build()
+                .into(),
+        )
+    }
+
+    /// A client for answers that stream for as long as they like (only connecting is timed).
+    pub fn streaming_client(&self) -> anyhow::Result<ApiClient> {
+        self.client_with(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(std::time::Duration::from_secs(10)))
+                .build()
+                .into(),
+        )
+    }
+
+    fn client_with(&self, agent: ureq::Agent) -> anyhow::Result<ApiClient> {
         let endpoint = self
             .endpoint_url
             .clone()
@@ -103,14 +169,6 @@ impl Connection {
             .or_else(|| std::env::var("AWS_REGION").ok())
             .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
             .unwrap_or_else(|| "us-east-1".to_owned());
-        ApiClient::new(
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(std::time::Duration::from_secs(30)))
-                .build()
-                .into(),
-            &endpoint,
-            &region,
-        )
+        ApiClient::new(agent, &endpoint, &region)
     }
 }

@@ -5,6 +5,7 @@ mod client;
 mod decrypt;
 mod iam;
 mod logs;
+mod tail;
 mod validate;
 
 use std::collections::HashMap;
@@ -82,6 +83,12 @@ enum Command {
     Rules {
         #[command(flatten)]
         args: alerts::RulesArgs,
+    },
+    /// Follow events as they are recorded (the server's live tail), filtered by lookup
+    /// attributes or an event pattern; resumes by itself after a dropped connection.
+    Tail {
+        #[command(flatten)]
+        args: tail::TailArgs,
     },
     /// List or fetch a trail's delivered log files for a time range (local or S3 buckets).
     Logs {
@@ -247,6 +254,7 @@ fn run_other(cli: Cli) -> anyhow::Result<()> {
         Command::Iam { args } => iam::run(args),
         Command::Topics { args } => alerts::run_topics(args),
         Command::Rules { args } => alerts::run_rules(args),
+        Command::Tail { args } => tail::run(args),
         Command::Buckets {
             data_dir,
             config,

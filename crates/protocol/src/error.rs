@@ -54,6 +54,8 @@ exceptions! {
     SignatureDoesNotMatch = 403,
     ValidationError = 400,
     InsightNotEnabledException = 400,
+    // Live tail: too many streams open.
+    MaxConcurrentQueriesException = 429,
     // EventBridge (rules) and the topics admin API (SNS's codes).
     InvalidEventPatternException = 400,
     InternalException = 500,

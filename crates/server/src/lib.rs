@@ -20,6 +20,7 @@ mod ingest;
 mod insights;
 mod kms_api;
 mod lookup;
+mod tail;
 mod trails;
 mod views;
 
@@ -82,6 +83,10 @@ pub(crate) struct App {
     pub kms: Arc<opentrail_delivery::kms::KeyService>,
     pub console: console::Sessions,
     pub alerts: alerts::Alerts,
+    pub tails: tail::Tails,
+    /// Turns true when the server starts shutting down: long-lived responses (live tails) end
+    /// then, so the graceful shutdown does not wait for them.
+    pub closing: watch::Receiver<bool>,
 }
 
 impl App {
@@ -214,6 +219,11 @@ pub async fn run(
         let d = Arc::clone(&delivery);
         tokio::task::spawn_blocking(move || d.reconcile()).await??
     };
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = closing_tx.send(true);
+    };
     if reconciled > 0 {
         tracing::info!(
             trails = reconciled,
@@ -233,6 +243,8 @@ pub async fn run(
         kms,
         console: console::Sessions::default(),
         alerts,
+        tails: tail::Tails::default(),
+        closing: closing_rx,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -244,6 +256,7 @@ pub async fn run(
     let router = Router::new()
         .route("/", post(api::handle))
         .route("/v1/events", post(ingest::handle))
+        .route("/v1/tail", get(tail::handle))
         .route("/health", get(http::health))
         .route("/metrics", get(http::metrics))
         .route("/console", get(console::redirect))
