@@ -59,5 +59,6 @@ out="bench-$mode.md"
     "$bench" --suite auth
     "$bench" --suite recovery --recovery-events "$recovery_events"
     "$bench" --suite rules
+    "$bench" --suite streams
 } 2>&1 | tee "$out"
 echo "tables written to $out" >&2

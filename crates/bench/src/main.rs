@@ -32,11 +32,16 @@ struct Args {
     /// real binary as a child process (`--recovery-events`).
     /// Or rules: the alert rules view's events/s with 1 and 100 active rules, and ack → webhook
     /// through a server with 100 rules (`--rules-events`).
-    #[arg(long, default_value = "all", value_parser = ["all", "ingest-lookup", "delivery", "validate", "auth", "insights", "recovery", "rules"])]
+    /// Or streams: log streaming to a file set, syslog and HTTP, and the live tail: ack →
+    /// destination latency, keeping up with ingest, and a backlog drained (`--streams-events`).
+    #[arg(long, default_value = "all", value_parser = ["all", "ingest-lookup", "delivery", "validate", "auth", "insights", "recovery", "rules", "streams"])]
     suite: String,
     /// Events ingested before the SIGKILL of the recovery benchmark.
     #[arg(long, default_value_t = 1_000_000)]
     recovery_events: usize,
+    /// Events streamed to the three log stream destinations.
+    #[arg(long, default_value_t = 50_000)]
+    streams_events: usize,
     /// Events the rules view reads per rule configuration.
     #[arg(long, default_value_t = 200_000)]
     rules_events: usize,
@@ -78,6 +83,7 @@ mod insights;
 mod pg;
 mod recovery;
 mod rules;
+mod streams;
 mod validate;
 
 /// Deterministic xorshift64* generator.
@@ -650,6 +656,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.suite == "rules" {
         return rules::run(args.seed, args.rules_events, &root, now_s);
+    }
+    if args.suite == "streams" {
+        return streams::run(args.seed, args.streams_events, &root, now_s);
     }
     if args.suite == "recovery" {
         return recovery::run(args.seed, args.recovery_events, &root, now_s);

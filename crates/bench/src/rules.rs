@@ -121,7 +121,7 @@ fn view_throughput(
 type Arrival = (Instant, Vec<u8>);
 
 /// A webhook receiver: answers every POST 200 and reports each body with its arrival time.
-fn receiver() -> anyhow::Result<(String, mpsc::Receiver<Arrival>)> {
+pub(crate) fn receiver() -> anyhow::Result<(String, mpsc::Receiver<Arrival>)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let url = format!("http://{}/hook", listener.local_addr()?);
     let (tx, rx) = mpsc::channel();
