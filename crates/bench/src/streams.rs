@@ -165,6 +165,27 @@ fn wait_all(
     Ok(last)
 }
 
+/// When the file set, the syslog receiver and the HTTP collector each had all of `want`.
+fn arrivals(
+    want: &HashSet<String>,
+    files: &mut FileFollower,
+    syslog: &mpsc::Receiver<(Instant, String)>,
+    http: &mpsc::Receiver<(Instant, Vec<u8>)>,
+) -> anyhow::Result<[Instant; 3]> {
+    let file = wait_all("file set", want, || {
+        let now = Instant::now();
+        Ok(files.poll()?.into_iter().map(|id| (now, id)).collect())
+    })?;
+    let syslog = wait_all("syslog", want, || Ok(syslog.try_iter().collect()))?;
+    let http = wait_all("http", want, || {
+        Ok(http
+            .try_iter()
+            .flat_map(|(at, body)| ndjson_ids(&body).into_iter().map(move |id| (at, id)))
+            .collect())
+    })?;
+    Ok([file, syslog, http])
+}
+
 pub fn run(seed: u64, n: usize, root: &Path, now_s: i64) -> anyhow::Result<()> {
     println!("\n## Log streaming and live tail\n");
     let data = root.join("streams-server");
@@ -231,17 +252,7 @@ pub fn run(seed: u64, n: usize, root: &Path, now_s: i64) -> anyhow::Result<()> {
         ot.ingest(&json!({"Records": [rec]}).to_string())?;
         let acked = Instant::now();
         let want: HashSet<String> = [e.event_id.clone()].into();
-        let at_file = wait_all("file set", &want, || {
-            let now = Instant::now();
-            Ok(files.poll()?.into_iter().map(|id| (now, id)).collect())
-        })?;
-        let at_syslog = wait_all("syslog", &want, || Ok(syslog_rx.try_iter().collect()))?;
-        let at_http = wait_all("http", &want, || {
-            Ok(http_rx
-                .try_iter()
-                .flat_map(|(at, body)| ndjson_ids(&body).into_iter().map(move |id| (at, id)))
-                .collect())
-        })?;
+        let [at_file, at_syslog, at_http] = arrivals(&want, &mut files, &syslog_rx, &http_rx)?;
         let at_tail = wait_all("live tail", &want, || Ok(tail_rx.try_iter().collect()))?;
         if i == 0 {
             continue;
@@ -289,17 +300,7 @@ pub fn run(seed: u64, n: usize, root: &Path, now_s: i64) -> anyhow::Result<()> {
         ot.ingest(body)?;
     }
     let ingested = start.elapsed();
-    let file_done = wait_all("file set", &want, || {
-        let now = Instant::now();
-        Ok(files.poll()?.into_iter().map(|id| (now, id)).collect())
-    })?;
-    let syslog_done = wait_all("syslog", &want, || Ok(syslog_rx.try_iter().collect()))?;
-    let http_done = wait_all("http", &want, || {
-        Ok(http_rx
-            .try_iter()
-            .flat_map(|(at, body)| ndjson_ids(&body).into_iter().map(move |id| (at, id)))
-            .collect())
-    })?;
+    let [file_done, syslog_done, http_done] = arrivals(&want, &mut files, &syslog_rx, &http_rx)?;
     // Backlog: the file set's directory is swapped for a plain file while n more events are
     // ingested (its stream fails and backs off), then put back; the stream drains the backlog.
     let backlog = make_batches(seed, 20_000_000, n, 1000, now_s);
