@@ -158,9 +158,10 @@ pub(crate) async fn handle(
 ) -> Response {
     let (parts, _body) = request.into_parts();
     let mut ctx = CallContext::new(&app, &parts.headers, peer, "cloudtrail.amazonaws.com");
-    let params: Vec<(String, String)> = Query::try_from_uri(&parts.uri)
+    // A query that does not parse is refused below, never read as "no filters".
+    let params: Result<Vec<(String, String)>, ApiError> = Query::try_from_uri(&parts.uri)
         .map(|Query(p)| p)
-        .unwrap_or_default();
+        .map_err(|e| bad(format!("the query string is not valid: {e}")));
     let last = parts
         .headers
         .get("last-event-id")
@@ -178,7 +179,8 @@ pub(crate) async fn handle(
                 ctx.now_ms,
             )
         })
-        .and_then(|()| parse(&params, last.as_deref()));
+        .and_then(|()| params.as_deref().map_err(Clone::clone))
+        .and_then(|params| parse(params, last.as_deref()));
     let checked = checked.and_then(|parsed| {
         Arc::clone(&app.tails.slots)
             .try_acquire_owned()
@@ -193,7 +195,8 @@ pub(crate) async fn handle(
     let ((filter, after, shown), permit) = match checked {
         Ok(x) => x,
         Err(e) => {
-            let request = serde_json::to_vec(&params_json(&params)).unwrap_or_default();
+            let request = serde_json::to_vec(&params_json(params.as_deref().unwrap_or_default()))
+                .unwrap_or_default();
             if let Err(err) = audit::record(
                 &app,
                 &ctx,
