@@ -252,6 +252,23 @@ mod tests {
             .collect()
     }
 
+    /// Line `i` holds record `i`.
+    fn lines_of(recs: &[Vec<u8>]) -> Vec<Line<'_>> {
+        recs.iter()
+            .enumerate()
+            .map(|(i, json)| Line {
+                seq: i as u64,
+                json,
+            })
+            .collect()
+    }
+
+    fn texts(recs: &[Vec<u8>]) -> Vec<String> {
+        recs.iter()
+            .map(|r| String::from_utf8(r.clone()).expect("utf8"))
+            .collect()
+    }
+
     fn record(i: u64) -> Vec<u8> {
         format!("{{\"eventID\":\"e{i}\",\"pad\":\"{}\"}}", "x".repeat(200)).into_bytes()
     }
@@ -263,14 +280,7 @@ mod tests {
         let mut state = StreamState::new("g".into(), 0);
         let mut commits = Vec::new();
         let recs: Vec<Vec<u8>> = (0..20).map(record).collect();
-        let lines: Vec<Line<'_>> = recs
-            .iter()
-            .enumerate()
-            .map(|(i, j)| Line {
-                seq: i as u64,
-                json: j,
-            })
-            .collect();
+        let lines = lines_of(&recs);
         let mut commit = |s: &StreamState| {
             commits.push(s.clone());
             Ok(())
@@ -288,10 +298,7 @@ mod tests {
         // Each rotation's cursor is its first line's sequence number.
         let firsts: Vec<u64> = commits.iter().map(|s| s.cursor).collect();
         assert_eq!(firsts, vec![0, 4, 8, 10, 14, 18]);
-        let want: Vec<String> = recs
-            .iter()
-            .map(|r| String::from_utf8(r.clone()).expect("utf8"))
-            .collect();
+        let want = texts(&recs);
         assert_eq!(lines_in(set.dir()), want);
         assert_eq!(state.records, 20);
     }
@@ -300,14 +307,7 @@ mod tests {
     fn uncommitted_bytes_are_cut_off_before_the_next_write() {
         let tmp = tempfile::tempdir().expect("tmp");
         let recs: Vec<Vec<u8>> = (0..6).map(record).collect();
-        let lines: Vec<Line<'_>> = recs
-            .iter()
-            .enumerate()
-            .map(|(i, j)| Line {
-                seq: i as u64,
-                json: j,
-            })
-            .collect();
+        let lines = lines_of(&recs);
         let mut state = StreamState::new("g".into(), 0);
         let committed = {
             let mut set = FileSet::new(config(tmp.path(), 1 << 20, 0), "t");
@@ -326,10 +326,7 @@ mod tests {
         let mut state = committed;
         set.write(&mut state, &lines[3..], 1_000, &mut |_| Ok(()))
             .expect("replay");
-        let want: Vec<String> = recs
-            .iter()
-            .map(|r| String::from_utf8(r.clone()).expect("utf8"))
-            .collect();
+        let want = texts(&recs);
         assert_eq!(lines_in(set.dir()), want);
     }
 
@@ -337,14 +334,7 @@ mod tests {
     fn a_crash_after_a_rotation_commit_leaves_no_stray_file() {
         let tmp = tempfile::tempdir().expect("tmp");
         let recs: Vec<Vec<u8>> = (0..8).map(record).collect();
-        let lines: Vec<Line<'_>> = recs
-            .iter()
-            .enumerate()
-            .map(|(i, j)| Line {
-                seq: i as u64,
-                json: j,
-            })
-            .collect();
+        let lines = lines_of(&recs);
         let mut state = StreamState::new("g".into(), 0);
         let mut last = None;
         {
@@ -380,10 +370,7 @@ mod tests {
         let mut set = FileSet::new(config(tmp.path(), 1024, 0), "t");
         set.write(&mut state, &lines, 1_000, &mut |_| Ok(()))
             .expect("replay");
-        let want: Vec<String> = recs
-            .iter()
-            .map(|r| String::from_utf8(r.clone()).expect("utf8"))
-            .collect();
+        let want = texts(&recs);
         assert_eq!(lines_in(set.dir()), want);
     }
 
@@ -393,21 +380,11 @@ mod tests {
         let mut set = FileSet::new(config(tmp.path(), 1024, 2), "t");
         let mut state = StreamState::new("g".into(), 0);
         let recs: Vec<Vec<u8>> = (0..20).map(record).collect();
-        let lines: Vec<Line<'_>> = recs
-            .iter()
-            .enumerate()
-            .map(|(i, j)| Line {
-                seq: i as u64,
-                json: j,
-            })
-            .collect();
+        let lines = lines_of(&recs);
         set.write(&mut state, &lines, 1_000, &mut |_| Ok(()))
             .expect("write");
         let kept = lines_in(set.dir());
-        let want: Vec<String> = recs[16..]
-            .iter()
-            .map(|r| String::from_utf8(r.clone()).expect("utf8"))
-            .collect();
+        let want = texts(&recs[16..]);
         // Files hold 4 lines; 2 files are kept: lines 12..16 and 16..20.
         assert_eq!(kept.len(), 8);
         assert_eq!(kept[4..], want[..]);
