@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Runs the benchmark suite side by side with its peers and prints the tables:
 #
-#   scripts/bench.sh          quick mode (1M stored events for lookups; about 10 minutes)
-#   scripts/bench.sh full     full mode (10M stored events for lookups; much longer)
+#   scripts/bench.sh          quick mode (lookups on 300k stored events; under 10 minutes)
+#   scripts/bench.sh full     full mode (lookups on 1M and 10M stored events; hours, ~60 GB of disk)
 #
-# Installs what the peers need on a fresh Debian machine: PostgreSQL's server (Debian's package),
-# the Python venv with the AWS CLI (scripts/setup-venv.sh) and s3s-fs (as scripts/test.sh does).
+# Installs what the peers need on a fresh Debian machine: PostgreSQL's server and pigz (Debian's
+# packages), the Python venv with the AWS CLI (scripts/setup-venv.sh) plus DuckDB from PyPI, and
+# s3s-fs (as scripts/test.sh does).
 # Output goes to the terminal and to bench-<mode>.md in the current directory.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 mode="${1:-quick}"
 case "$mode" in
-    quick) lookup_events=1000000; ingest_events=100000; validate_mb=300; recovery_events=300000 ;;
-    full) lookup_events=10000000; ingest_events=200000; validate_mb=1000; recovery_events=2000000 ;;
+    quick) lookup_events=300000; ingest_events=100000; validate_mb=300; recovery_events=300000 ;;
+    full) lookup_events=1000000,10000000; ingest_events=200000; validate_mb=1000; recovery_events=2000000 ;;
     *) echo "usage: scripts/bench.sh [quick|full]" >&2; exit 2 ;;
 esac
 
@@ -31,18 +32,20 @@ apt_install() {
     fi
 }
 
-step "peers: PostgreSQL, gzip, the AWS CLI, s3s-fs"
+step "peers: PostgreSQL, gzip, pigz, the AWS CLI, DuckDB, s3s-fs"
 command -v initdb >/dev/null 2>&1 || [ -x /usr/lib/postgresql/15/bin/initdb ] || apt_install postgresql
+command -v pigz >/dev/null 2>&1 || apt_install pigz
 if ! command -v initdb >/dev/null 2>&1; then
     pgbin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
     [ -n "$pgbin" ] && export PATH="$pgbin:$PATH"
 fi
 venv="$(bash scripts/setup-venv.sh | tail -n 1)"
+"$venv/bin/python" -c 'import duckdb' 2>/dev/null || "$venv/bin/pip" install -q 'duckdb==2.0.0' >&2
 tools="${OPENTRAIL_TOOLS:-$HOME/.cache/opentrail-tools}"
 if ! "$tools/bin/s3s-fs" --version 2>/dev/null | grep -q '0\.14\.1'; then
     cargo install s3s-fs@0.14.1 --features binary --locked --root "$tools" >&2
 fi
-export OPENTRAIL_S3S_FS="$tools/bin/s3s-fs" OPENTRAIL_AWS="$venv/bin/aws"
+export OPENTRAIL_S3S_FS="$tools/bin/s3s-fs" OPENTRAIL_AWS="$venv/bin/aws" OPENTRAIL_PYTHON="$venv/bin/python"
 
 step "build"
 cargo build --release -p opentrail-bench -p opentrail --locked >&2

@@ -139,19 +139,13 @@ pub(crate) fn run(seed: u64, count: usize, root: &Path, now_s: i64) -> anyhow::R
     }
     text.push_str("]}");
     std::fs::write(&blob, &text)?;
-    let t = Instant::now();
-    let out = std::process::Command::new("gzip")
-        .args(["-6", "-c"])
-        .arg(&blob)
-        .output()
-        .context("running gzip -6")?;
-    let gzip_took = t.elapsed();
-    if !out.status.success() {
-        bail!("gzip -6 failed");
-    }
+    let (gzip_took, gzip_len) =
+        compress("gzip", &["-6", "-c"], &blob)?.context("gzip is not installed")?;
+    let pigz = compress("pigz", &["-6", "-c"], &blob)?;
     let mb = |bytes: u64, d: Duration| bytes as f64 / 1e6 / d.as_secs_f64();
     let ours = mb(json_bytes, took);
     let theirs = mb(text.len() as u64, gzip_took);
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
     println!("| pipeline | events | JSON MB | gzip MB | files | seconds | JSON MB/s | ratio |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     println!(
@@ -174,9 +168,21 @@ pub(crate) fn run(seed: u64, count: usize, root: &Path, now_s: i64) -> anyhow::R
     println!(
         "| `gzip -6 -c` on the same JSON | {count} | {:.1} | {:.1} | 1 | {:.2} | {theirs:.1} | 1.00× |",
         text.len() as f64 / 1e6,
-        out.stdout.len() as f64 / 1e6,
+        gzip_len as f64 / 1e6,
         gzip_took.as_secs_f64()
     );
+    match pigz {
+        Some((took, len)) => println!(
+            "| `pigz -6 -c` ({threads} threads) on the same JSON | {count} | {:.1} | {:.1} | 1 | {:.2} | {:.1} | {:.2}× |",
+            text.len() as f64 / 1e6,
+            len as f64 / 1e6,
+            took.as_secs_f64(),
+            mb(text.len() as u64, took),
+            mb(text.len() as u64, took) / theirs
+        ),
+        None => println!("| `pigz` (not installed: apt-get install pigz) | | | | | | | |"),
+    }
+    println!("\ndelivery vs gzip -6: {:.2}× (target ≥ 2×)", ours / theirs);
     // The encryption step alone: AES-256-GCM over as many gzip bytes as the backlog made.
     let gz = vec![0x5au8; gzip_bytes as usize];
     let context = opentrail_delivery::kms::envelope::context("arn", BUCKET, "k");
@@ -194,8 +200,11 @@ pub(crate) fn run(seed: u64, count: usize, root: &Path, now_s: i64) -> anyhow::R
         gz.len() as f64 / 1e6 / seal_took.as_secs_f64()
     );
 
-    // 4. Ack to file at a 1-second cadence: one event at a time.
+    // 4. Questions over the delivered files: DuckDB beside OpenTrail's LookupEvents.
     let bucket_dir = dir.join("buckets").join(BUCKET);
+    analytics(&bucket_dir, &ot, &generated, json_bytes)?;
+
+    // 5. Ack to file at a 1-second cadence: one event at a time.
     let mut seen = std::collections::HashSet::new();
     let mut before = Vec::new();
     files(&bucket_dir, &mut before)?;
@@ -238,6 +247,155 @@ pub(crate) fn run(seed: u64, count: usize, root: &Path, now_s: i64) -> anyhow::R
         ms(percentile(&latencies, 0.9)),
         ms(percentile(&latencies, 1.0)),
     );
+    Ok(())
+}
+
+/// Runs `program args… file` and times it; gives the time and the output's length, or `None`
+/// when the program is not installed.
+fn compress(
+    program: &str,
+    args: &[&str],
+    file: &Path,
+) -> anyhow::Result<Option<(Duration, usize)>> {
+    let t = Instant::now();
+    let out = match std::process::Command::new(program)
+        .args(args)
+        .arg(file)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("running {program}")),
+    };
+    let took = t.elapsed();
+    if !out.status.success() {
+        bail!("{program} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(Some((took, out.stdout.len())))
+}
+
+/// DuckDB (from PyPI, in the Python named by `OPENTRAIL_PYTHON`) over the delivered `.json.gz`
+/// files, the tool one would reach for to ask questions of a bucket of CloudTrail logs.
+const DUCKDB: &str = r#"
+import sys, time, duckdb
+glob, user = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute("SET threads TO " + sys.argv[3])
+con.execute("SET enable_progress_bar = false")
+base = ("(SELECT unnest(Records) AS r FROM read_json('" + glob + "', columns={'Records': 'JSON[]'}, "
+        "format='auto', maximum_object_size=1073741824))")
+qs = [
+    ("events per event source (top 10)",
+     f"SELECT r->>'eventSource' s, count(*) n FROM {base} GROUP BY s ORDER BY n DESC LIMIT 10"),
+    ("callers with the most errors (top 10)",
+     f"SELECT r->'userIdentity'->>'arn' a, count(*) n FROM {base} WHERE (r->>'errorCode') IS NOT NULL "
+     "GROUP BY a ORDER BY n DESC LIMIT 10"),
+    ("one user's write calls (count)",
+     f"SELECT count(*) FROM {base} WHERE (r->'userIdentity'->>'userName') = '{user}' AND (r->>'readOnly') = 'false'"),
+]
+for name, q in qs:
+    t = time.perf_counter()
+    rows = con.execute(q).fetchall()
+    print(f"{name}\t{time.perf_counter() - t:.4f}\t{rows[0][-1] if rows else 0}")
+"#;
+
+fn analytics(
+    bucket_dir: &Path,
+    ot: &OpenTrail,
+    generated: &[crate::Generated],
+    json_bytes: u64,
+) -> anyhow::Result<()> {
+    // The busiest IAM user of the backlog: a needle with a few hundred matches.
+    let mut counts = std::collections::HashMap::<&str, usize>::new();
+    for g in generated.iter().filter(|g| g.key.starts_with("AKIA")) {
+        *counts.entry(g.user.as_str()).or_default() += 1;
+    }
+    let user = counts
+        .into_iter()
+        .max_by_key(|(u, n)| (*n, *u))
+        .map(|(u, _)| u.to_owned())
+        .context("no IAM user in the backlog")?;
+    let expected = generated
+        .iter()
+        .filter(|g| g.user == user && g.key.starts_with("AKIA") && !g.read_only)
+        .count();
+    // OpenTrail answers the needle question with two lookup attributes at once, paging.
+    let t = Instant::now();
+    let (mut found, mut token) = (0usize, None::<String>);
+    loop {
+        let mut body = json!({"LookupAttributes": [
+            {"AttributeKey": "Username", "AttributeValue": user},
+            {"AttributeKey": "ReadOnly", "AttributeValue": "false"}], "MaxResults": 50});
+        if let Some(t) = &token {
+            body["NextToken"] = t.as_str().into();
+        }
+        let v = ot.call("LookupEvents", &body)?;
+        found += v["Events"].as_array().map_or(0, Vec::len);
+        token = v["NextToken"].as_str().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    let ot_took = t.elapsed();
+    if found != expected {
+        bail!("LookupEvents found {found} write calls of {user}, the backlog has {expected}");
+    }
+    println!(
+        "\n### Questions over the delivered files ({:.1} MB of JSON)\n",
+        json_bytes as f64 / 1e6
+    );
+    println!("| question | DuckDB s (JSON MB/s) | OpenTrail s | answer |");
+    println!("|---|---|---|---|");
+    let python = std::env::var("OPENTRAIL_PYTHON").unwrap_or_default();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let glob = format!("{}/**/*.json.gz", bucket_dir.display());
+    let out = if python.is_empty() {
+        None
+    } else {
+        Some(
+            std::process::Command::new(&python)
+                .args(["-c", DUCKDB, &glob, &user, &threads.to_string()])
+                .output()
+                .context("running DuckDB")?,
+        )
+    };
+    match out {
+        Some(out) if out.status.success() => {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let mut f = line.split('\t');
+                let (Some(q), Some(secs), Some(answer)) = (f.next(), f.next(), f.next()) else {
+                    continue;
+                };
+                let secs: f64 = secs.parse().unwrap_or(f64::NAN);
+                let ours = if q.starts_with("one user") {
+                    if answer.parse::<usize>().ok() != Some(found) {
+                        bail!("DuckDB counted {answer} write calls of {user}, OpenTrail {found}");
+                    }
+                    format!(
+                        "{:.3} (LookupEvents, Username + ReadOnly, {} pages)",
+                        ot_took.as_secs_f64(),
+                        found.div_ceil(50).max(1)
+                    )
+                } else {
+                    "– (no SQL yet)".to_owned()
+                };
+                println!(
+                    "| {q} | {secs:.3} ({:.0}) | {ours} | {answer} |",
+                    json_bytes as f64 / 1e6 / secs
+                );
+            }
+        }
+        Some(out) => println!(
+            "DuckDB failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ),
+        None => println!(
+            "(DuckDB skipped: set OPENTRAIL_PYTHON to a Python with duckdb; scripts/bench.sh does)"
+        ),
+    }
     Ok(())
 }
 

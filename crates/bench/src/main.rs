@@ -51,9 +51,9 @@ struct Args {
     /// Events in the delivery backlog.
     #[arg(long, default_value_t = 100_000)]
     delivery_events: usize,
-    /// Events stored before the lookup benchmark.
-    #[arg(long, default_value_t = 1_000_000)]
-    lookup_events: usize,
+    /// Store sizes the lookups run at (comma-separated; each engine is loaded up to each in turn).
+    #[arg(long, value_delimiter = ',', default_value = "1000000")]
+    lookup_events: Vec<usize>,
     /// Events per ingest configuration.
     #[arg(long, default_value_t = 100_000)]
     ingest_events: usize,
@@ -78,7 +78,9 @@ struct Args {
 }
 
 mod auth;
+mod child;
 mod delivery;
+mod history;
 mod insights;
 mod pg;
 mod recovery;
@@ -103,136 +105,12 @@ impl Rng {
     }
 }
 
-const VERBS: [&str; 12] = [
-    "Create", "Delete", "Describe", "Get", "List", "Put", "Update", "Start", "Stop", "Attach",
-    "Detach", "Tag",
-];
-const NOUNS: [&str; 20] = [
-    "Instance", "Bucket", "User", "Role", "Policy", "Trail", "Volume", "Snapshot", "Key",
-    "Function", "Table", "Queue", "Topic", "Stack", "Cluster", "Image", "Subnet", "Vpc", "Alias",
-    "Group",
-];
-const SOURCES: [&str; 24] = [
-    "ec2",
-    "s3",
-    "iam",
-    "sts",
-    "kms",
-    "lambda",
-    "dynamodb",
-    "sqs",
-    "sns",
-    "cloudformation",
-    "rds",
-    "ecs",
-    "eks",
-    "logs",
-    "monitoring",
-    "cloudtrail",
-    "route53",
-    "elasticloadbalancing",
-    "autoscaling",
-    "ssm",
-    "secretsmanager",
-    "organizations",
-    "config",
-    "glue",
-];
+/// One generated event, with the attributes the peers index.
+pub(crate) type Generated = opentrail_gen::Event;
 
-/// One generated event, with the attributes SQLite indexes.
-pub(crate) struct Generated {
-    event_id: String,
-    time_s: i64,
-    name: String,
-    source: String,
-    user: String,
-    key: String,
-    read_only: bool,
-    resource: String,
-    resource_type: String,
-    json: String,
-}
-
-fn generate(rng: &mut Rng, n: u64, now_s: i64) -> Generated {
-    let verb = VERBS[rng.below(VERBS.len() as u64) as usize];
-    let noun = NOUNS[rng.below(NOUNS.len() as u64) as usize];
-    let name = format!("{verb}{noun}");
-    let source = format!(
-        "{}.amazonaws.com",
-        SOURCES[rng.below(SOURCES.len() as u64) as usize]
-    );
-    let user = format!("user{:03}", rng.below(500));
-    let key = format!("AKIA{:016}", rng.below(1000));
-    let read_only = matches!(verb, "Describe" | "Get" | "List");
-    let time_s = now_s - rng.below(7 * 86_400) as i64;
-    let time = jiff::Timestamp::from_second(time_s)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default();
-    let resource = format!(
-        "arn:aws:{}:us-east-1:{ACCOUNT}:{}/{}-{}",
-        SOURCES[0],
-        noun.to_lowercase(),
-        noun.to_lowercase(),
-        rng.below(20_000)
-    );
-    let resource_type = format!("AWS::EC2::{noun}");
-    // Sizes spread around ~1.5 KB: a skewed padding inside requestParameters.
-    let pad = 200 + (rng.below(1000) * rng.below(1000) / 400) as usize;
-    let error = rng.below(100) < 3;
-    let event_id = format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        n,
-        rng.below(0xffff),
-        rng.below(0xfff),
-        rng.below(0xfff),
-        rng.next() & 0xffff_ffff_ffff
-    );
-    let mut record = serde_json::json!({
-        "eventVersion": "1.11",
-        "userIdentity": {"type": "IAMUser", "principalId": format!("AIDA{user}"), "arn": format!("arn:aws:iam::{ACCOUNT}:user/{user}"),
-            "accountId": ACCOUNT, "accessKeyId": key, "userName": user,
-            "sessionContext": {"attributes": {"creationDate": time, "mfaAuthenticated": "false"}}},
-        "eventTime": time,
-        "eventSource": source,
-        "eventName": name,
-        "awsRegion": "us-east-1",
-        "sourceIPAddress": format!("198.51.100.{}", rng.below(255)),
-        "userAgent": "aws-cli/2.15.0 Python/3.11.6 Linux/6.1 exe/x86_64.debian.12 prompt/off command/x",
-        "requestParameters": {"resourceId": resource, "filter": "x".repeat(pad)},
-        "responseElements": if read_only { serde_json::Value::Null } else { serde_json::json!({"requestId": n}) },
-        "requestID": format!("req-{n}"),
-        "eventID": event_id,
-        "readOnly": read_only,
-        "resources": [{"ARN": resource, "accountId": ACCOUNT, "type": resource_type}],
-        "eventType": "AwsApiCall",
-        "managementEvent": true,
-        "recipientAccountId": ACCOUNT,
-        "eventCategory": "Management",
-        "tlsDetails": {"tlsVersion": "TLSv1.3", "cipherSuite": "TLS_AES_128_GCM_SHA256", "clientProvidedHostHeader": format!("{source}")}
-    });
-    if error {
-        record["errorCode"] = serde_json::json!("AccessDenied");
-        record["errorMessage"] =
-            serde_json::json!("User is not authorized to perform this operation");
-    }
-    Generated {
-        event_id,
-        time_s,
-        name,
-        source,
-        user,
-        key,
-        read_only,
-        resource,
-        resource_type,
-        json: record.to_string(),
-    }
-}
-
+/// `count` events numbered from `from`, their times spread over the 7 days before `now_s`.
 fn events(seed: u64, from: u64, count: usize, now_s: i64) -> Vec<Generated> {
-    let mut rng = Rng(seed ^ 0x9E37_79B9_7F4A_7C15 ^ from);
-    (0..count as u64)
-        .map(|i| generate(&mut rng, from + i, now_s))
+    opentrail_gen::Generator::new(opentrail_gen::Config::new(seed, from, count as u64, now_s))
         .collect()
 }
 
@@ -287,6 +165,17 @@ impl OpenTrail {
                 ROOT_ID.to_owned(),
                 ROOT_SECRET.to_owned(),
             )),
+        }
+    }
+
+    /// Another client of the same server (no ownership of it).
+    fn handle(&self) -> Self {
+        OpenTrail {
+            url: self.url.clone(),
+            shutdown: None,
+            thread: None,
+            agent: self.agent.clone(),
+            creds: self.creds.clone(),
         }
     }
 
@@ -503,6 +392,8 @@ fn sqlite_open(path: &Path) -> anyhow::Result<Connection> {
     let c = Connection::open(path)?;
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "FULL")?;
+    // A 1 GiB page cache, as one would give a database this size.
+    c.pragma_update(None, "cache_size", -1_048_576)?;
     c.busy_timeout(Duration::from_secs(60))?;
     c.execute_batch(
         "CREATE TABLE IF NOT EXISTS events (
@@ -512,7 +403,7 @@ fn sqlite_open(path: &Path) -> anyhow::Result<Connection> {
     )?;
     for col in COLUMNS {
         c.execute_batch(&format!(
-            "CREATE INDEX IF NOT EXISTS events_{col} ON events({col}, event_time DESC);"
+            "CREATE INDEX IF NOT EXISTS events_{col} ON events({col}, event_time, seq);"
         ))?;
     }
     Ok(c)
@@ -606,19 +497,36 @@ fn make_batches(
     batch: usize,
     now_s: i64,
 ) -> Vec<(Vec<Generated>, String)> {
-    let evs = events(seed, from, total, now_s);
-    let mut out = Vec::new();
-    let mut it = evs.into_iter().peekable();
-    while it.peek().is_some() {
-        let chunk: Vec<Generated> = it.by_ref().take(batch).collect();
-        let body = format!(
-            "{{\"Records\":[{}]}}",
-            chunk
-                .iter()
-                .map(|e| e.json.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+    let generator =
+        opentrail_gen::Generator::new(opentrail_gen::Config::new(seed, from, total as u64, now_s));
+    batches_of(&generator, from, total, batch)
+}
+
+/// Events `from..from + total` of a stream in ingest bodies of `batch` records.
+fn batches_of(
+    generator: &opentrail_gen::Generator,
+    from: u64,
+    total: usize,
+    batch: usize,
+) -> Vec<(Vec<Generated>, String)> {
+    let mut out = Vec::with_capacity(total.div_ceil(batch.max(1)));
+    let mut at = from;
+    let end = from + total as u64;
+    while at < end {
+        let chunk: Vec<Generated> = (at..end.min(at + batch as u64))
+            .map(|i| generator.event(i))
+            .collect();
+        at += chunk.len() as u64;
+        let mut body =
+            String::with_capacity(chunk.iter().map(|e| e.json.len() + 1).sum::<usize>() + 16);
+        body.push_str("{\"Records\":[");
+        for (i, e) in chunk.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&e.json);
+        }
+        body.push_str("]}");
         out.push((chunk, body));
     }
     out
@@ -634,7 +542,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&root)?;
     let now_s = jiff::Timestamp::now().as_second();
     println!(
-        "opentrail-bench: seed {}, {} events per ingest run, {} stored for lookups, {} lookups",
+        "opentrail-bench: seed {}, up to {} events per ingest run, {:?} stored for lookups, {} lookups",
         args.seed, args.ingest_events, args.lookup_events, args.lookups
     );
     println!(
@@ -672,328 +580,14 @@ fn main() -> anyhow::Result<()> {
     if args.suite == "delivery" {
         return Ok(());
     }
-
-    // Durable ingest.
-    println!("\n## Durable ingest (fsync before ack)\n");
-    let pg = pg::Pg::start()?;
-    println!(
-        "| batch | clients | OpenTrail events/s | OpenTrail call p50 / p99 ms | SQLite events/s | SQLite txn p50 / p99 ms | PostgreSQL events/s | PostgreSQL txn p50 / p99 ms | ratio to the faster peer |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    let mut offset = 1_000_000_000u64;
-    for (batch, clients) in [(100, 1), (100, 8), (1000, 1), (1000, 8)] {
-        let batches = Arc::new(make_batches(
-            args.seed,
-            offset,
-            args.ingest_events,
-            batch,
-            now_s,
-        ));
-        offset += args.ingest_events as u64;
-        let dir = root.join(format!("ingest-ot-{batch}-{clients}"));
-        let ot = Arc::new(OpenTrail::start(&dir)?);
-        let ot2 = Arc::clone(&ot);
-        let ours = run_clients(Arc::clone(&batches), clients, move |_, _, body| {
-            ot2.ingest(body)
-        })?;
-        Arc::try_unwrap(ot)
-            .map_err(|_| anyhow::anyhow!("server still shared"))?
-            .stop()?;
-        let db = root.join(format!("ingest-sqlite-{batch}-{clients}.db"));
-        drop(sqlite_open(&db)?);
-        let conns: Arc<Vec<std::sync::Mutex<Connection>>> = Arc::new(
-            (0..clients)
-                .map(|_| sqlite_open(&db).map(std::sync::Mutex::new))
-                .collect::<Result<_, _>>()?,
-        );
-        let peer = run_clients(Arc::clone(&batches), clients, move |client, events, _| {
-            let mut c = conns[client].lock().map_err(|_| anyhow::anyhow!("lock"))?;
-            sqlite_insert(&mut c, events)
-        })?;
-        let postgres = match &pg {
-            Some(pg) => {
-                let table = format!("ingest_{batch}_{clients}");
-                pg::create_table(&mut pg.connect()?, &table)?;
-                let conns: Arc<Vec<std::sync::Mutex<postgres::Client>>> = Arc::new(
-                    (0..clients)
-                        .map(|_| pg.connect().map(std::sync::Mutex::new))
-                        .collect::<Result<_, _>>()?,
-                );
-                Some(run_clients(batches, clients, move |client, events, _| {
-                    let mut c = conns[client].lock().map_err(|_| anyhow::anyhow!("lock"))?;
-                    pg::insert(&mut c, &table, events)
-                })?)
-            }
-            None => None,
-        };
-        let best_peer = postgres
-            .as_ref()
-            .map_or(peer.events_per_s, |p| p.events_per_s.max(peer.events_per_s));
-        let pg_cells = postgres.as_ref().map_or_else(
-            || "– | –".to_owned(),
-            |p| {
-                format!(
-                    "{:.0} | {:.2} / {:.2}",
-                    p.events_per_s,
-                    ms(p.p50),
-                    ms(p.p99)
-                )
-            },
-        );
-        println!(
-            "| {batch} | {clients} | {:.0} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {pg_cells} | {:.2}× |",
-            ours.events_per_s,
-            ms(ours.p50),
-            ms(ours.p99),
-            peer.events_per_s,
-            ms(peer.p50),
-            ms(peer.p99),
-            ours.events_per_s / best_peer
-        );
-    }
-
-    // Lookups on a large store.
-    println!(
-        "\n## LookupEvents on {} stored events\n",
-        args.lookup_events
-    );
-    let dir = root.join("lookup-ot");
-    let ot = Arc::new(OpenTrail::start(&dir)?);
-    let db_path = root.join("lookup-sqlite.db");
-    let mut db = sqlite_open(&db_path)?;
-    let mut loaded = 0usize;
-    let load_started = Instant::now();
-    let mut ot_load = Duration::ZERO;
-    let mut sqlite_load = Duration::ZERO;
-    let mut pg_load = Duration::ZERO;
-    let mut pg_client = match &pg {
-        Some(pg) => {
-            let mut c = pg.connect()?;
-            pg::create_table(&mut c, "lookup_events")?;
-            Some(c)
-        }
-        None => None,
-    };
-    let chunk = 100_000;
-    while loaded < args.lookup_events {
-        let n = chunk.min(args.lookup_events - loaded);
-        let batches = Arc::new(make_batches(args.seed, loaded as u64, n, 1000, now_s));
-        let ot2 = Arc::clone(&ot);
-        let t = Instant::now();
-        run_clients(Arc::clone(&batches), 8, move |_, _, body| ot2.ingest(body))?;
-        ot_load += t.elapsed();
-        let t = Instant::now();
-        for (events, _) in batches.iter() {
-            sqlite_insert(&mut db, events)?;
-        }
-        sqlite_load += t.elapsed();
-        if let Some(c) = pg_client.as_mut() {
-            let t = Instant::now();
-            for (events, _) in batches.iter() {
-                pg::insert(c, "lookup_events", events)?;
-            }
-            pg_load += t.elapsed();
-        }
-        loaded += n;
-    }
-    let t = Instant::now();
-    while ot.lag()? > 0 {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let index_catch_up = t.elapsed();
-    println!(
-        "loaded in {:.1} s (OpenTrail ingest {:.1} s + index catch-up after the last ack {:.2} s; SQLite {:.1} s; PostgreSQL {:.1} s)",
-        load_started.elapsed().as_secs_f64(),
-        ot_load.as_secs_f64(),
-        index_catch_up.as_secs_f64(),
-        sqlite_load.as_secs_f64(),
-        pg_load.as_secs_f64()
-    );
-    let ot_bytes = dir_size(&dir);
-    let sqlite_bytes =
-        dir_size(&root.join("lookup-sqlite.db")) + dir_size(&root.join("lookup-sqlite.db-wal"));
-    let pg_bytes = match pg_client.as_mut() {
-        Some(c) => {
-            c.batch_execute("VACUUM ANALYZE lookup_events")?;
-            Some(pg::table_bytes(c, "lookup_events")?)
-        }
-        None => None,
-    };
-    let per = |b: u64| b as f64 / args.lookup_events as f64;
-    println!(
-        "storage: OpenTrail {:.0} B/event, SQLite {:.0} B/event{}",
-        per(ot_bytes),
-        per(sqlite_bytes),
-        pg_bytes.map_or_else(String::new, |b| format!(
-            ", PostgreSQL {:.0} B/event (table, TOAST and indexes; OpenTrail/PostgreSQL {:.0}%)",
-            per(b),
-            100.0 * ot_bytes as f64 / b as f64
-        ))
-    );
-
-    let probe = events(args.seed, 0, args.lookups, now_s);
-    let mut rng = Rng(args.seed);
-    let queries: Vec<(&str, &str, String)> = probe
-        .iter()
-        .map(|e| {
-            let (key, col, v) = match rng.below(7) {
-                0 => ("EventName", "event_name", e.name.clone()),
-                1 => ("Username", "username", e.user.clone()),
-                2 => ("EventSource", "event_source", e.source.clone()),
-                3 => ("ResourceName", "resource_name", e.resource.clone()),
-                4 => ("EventId", "event_id", e.event_id.clone()),
-                5 => ("AccessKeyId", "access_key_id", e.key.clone()),
-                _ => ("ReadOnly", "read_only", e.read_only.to_string()),
-            };
-            (key, col, v)
-        })
-        .collect();
-    println!(
-        "\n| engine | lookups | p50 ms | p99 ms | max ms | lookups/s (1 client) | mean results |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    let ours = measure(
-        "OpenTrail (HTTP, incl. self-audit record)",
-        &queries,
-        |key, _, v| ot.lookup(key, v),
-    )?;
-    let peer = measure("SQLite (in-process, no HTTP)", &queries, |_, col, v| {
-        let mut st = db.prepare_cached(&format!(
-            "SELECT record FROM events WHERE {col} = ?1 AND event_time >= ?2 ORDER BY event_time DESC LIMIT 50"
-        ))?;
-        let rows: Vec<String> = st
-            .query_map(params![v, now_s - 90 * 86_400], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        Ok(rows.len())
-    })?;
-    // Ack to visible: single events, each looked up by its id until LookupEvents returns it.
-    let mut visible = Vec::new();
-    for g in events(args.seed ^ 0xa11, 20_000_000, 200, now_s) {
-        ot.ingest(&format!("{{\"Records\":[{}]}}", g.json))?;
-        let acked = Instant::now();
-        loop {
-            if ot.lookup("EventId", &g.event_id)? > 0 {
-                visible.push(acked.elapsed());
-                break;
-            }
-            if acked.elapsed() > Duration::from_secs(10) {
-                bail!(
-                    "event {} not visible in LookupEvents 10 s after its ack",
-                    g.event_id
-                );
-            }
-        }
-    }
-    visible.sort_unstable();
-    println!(
-        "\nack → visible in LookupEvents ({} single events, polled by EventId back to back): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 ≤ 1000 ms)",
-        visible.len(),
-        ms(percentile(&visible, 0.5)),
-        ms(percentile(&visible, 0.99)),
-        ms(percentile(&visible, 1.0))
-    );
-    let pg_measured = match pg_client.take() {
-        Some(c) => {
-            let mut l = pg::Lookups::new(c, "lookup_events")?;
-            Some(measure(
-                "PostgreSQL (in-process client, Unix socket)",
-                &queries,
-                |_, col, v| l.lookup(col, v, now_s - 90 * 86_400),
-            )?)
-        }
-        None => None,
-    };
-    if let Some(pg) = pg {
-        pg.stop();
-    }
-    Arc::try_unwrap(ot)
-        .map_err(|_| anyhow::anyhow!("server still shared"))?
-        .stop()?;
-
-    // The same queries against OpenTrail's index in this process, without HTTP: engine to engine.
-    let (log, _) = opentrail_log::EventLog::open(opentrail_log::LogConfig::new(dir.join("log")))?;
-    let index = opentrail_index::HistoryIndex::open(&dir.join("index"), log.clone())?;
-    let scope = opentrail_index::Scope {
-        account: ACCOUNT.to_owned(),
-        region: "us-east-1".to_owned(),
-        category: opentrail_model::Category::Management,
-    };
-    let engine = measure(
-        "OpenTrail index (in-process, no HTTP)",
-        &queries,
-        |key, _, v| {
-            let attribute = opentrail_model::AttributeKey::parse(key).context("attribute key")?;
-            let query = opentrail_index::Query {
-                scope: scope.clone(),
-                attributes: vec![(attribute, v.to_owned())],
-                start_ms: (now_s - 90 * 86_400) * 1000,
-                end_ms: (now_s + 86_400) * 1000,
-                max_results: 50,
-                token: None,
-                params_hash: 0,
-            };
-            Ok(index.lookup(&query)?.hits.len())
-        },
-    )?;
-    log.close();
-    println!(
-        "\nin-process, engine to engine: p99 SQLite/OpenTrail {:.2}×, lookups/s OpenTrail/SQLite {:.2}×",
-        peer.p99_ms / engine.p99_ms,
-        engine.rate / peer.rate
-    );
-    println!(
-        "end to end over HTTP vs SQLite in-process: p99 SQLite/OpenTrail {:.2}×, lookups/s OpenTrail/SQLite {:.2}×",
-        peer.p99_ms / ours.p99_ms,
-        ours.rate / peer.rate
-    );
-    if let Some(p) = pg_measured {
-        println!(
-            "PostgreSQL: p99 PostgreSQL/OpenTrail {:.2}× (engine) and {:.2}× (over HTTP); lookups/s OpenTrail/PostgreSQL {:.2}× (engine) and {:.2}× (over HTTP)",
-            p.p99_ms / engine.p99_ms,
-            p.p99_ms / ours.p99_ms,
-            engine.rate / p.rate,
-            ours.rate / p.rate
-        );
-    }
-    Ok(())
-}
-
-/// The p99 latency and the rate of one engine's lookups.
-struct Measured {
-    p99_ms: f64,
-    rate: f64,
-}
-
-/// Runs every query once through `lookup` (which returns the number of results), one at a time,
-/// prints the table row and returns the figures the ratios need.
-fn measure(
-    label: &str,
-    queries: &[(&str, &str, String)],
-    mut lookup: impl FnMut(&str, &str, &str) -> anyhow::Result<usize>,
-) -> anyhow::Result<Measured> {
-    let mut lat = Vec::with_capacity(queries.len());
-    let mut results = 0usize;
-    let t = Instant::now();
-    for (key, col, v) in queries {
-        let s = Instant::now();
-        results += lookup(key, col, v)?;
-        lat.push(s.elapsed());
-    }
-    let rate = queries.len() as f64 / t.elapsed().as_secs_f64();
-    lat.sort_unstable();
-    println!(
-        "| {label} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
-        lat.len(),
-        ms(percentile(&lat, 0.5)),
-        ms(percentile(&lat, 0.99)),
-        ms(percentile(&lat, 1.0)),
-        rate,
-        results as f64 / queries.len().max(1) as f64
-    );
-    Ok(Measured {
-        p99_ms: ms(percentile(&lat, 0.99)),
-        rate,
-    })
+    history::run(
+        args.seed,
+        args.ingest_events,
+        &args.lookup_events,
+        args.lookups,
+        &root,
+        now_s,
+    )
 }
 
 fn dir_size(p: &Path) -> u64 {

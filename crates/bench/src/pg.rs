@@ -167,7 +167,7 @@ pub(crate) fn create_table(c: &mut Client, name: &str) -> anyhow::Result<()> {
     ))?;
     for col in COLUMNS {
         c.batch_execute(&format!(
-            "CREATE INDEX {name}_{col} ON {name} ({col}, event_time DESC);"
+            "CREATE INDEX {name}_{col} ON {name} ({col}, event_time, seq);"
         ))?;
     }
     Ok(())
@@ -241,20 +241,43 @@ impl Lookups {
         let mut statements = HashMap::new();
         for col in COLUMNS {
             let st = client.prepare(&format!(
-                "SELECT record::text FROM {table} WHERE {col} = $1 AND event_time >= $2 \
-                 ORDER BY event_time DESC LIMIT 50"
+                "SELECT seq, event_time, record::text FROM {table} WHERE {col} = $1 \
+                 AND event_time >= $2 AND event_time <= $3 AND (event_time, seq) < ($4, $5) \
+                 ORDER BY event_time DESC, seq DESC LIMIT 50"
             ))?;
             statements.insert(col.to_owned(), st);
         }
         Ok(Self { client, statements })
     }
 
-    /// The newest 50 records with `col = v` since `since_s`.
-    pub(crate) fn lookup(&mut self, col: &str, v: &str, since_s: i64) -> anyhow::Result<usize> {
+    /// A page of the newest 50 records with `col = v` in the window, after the keyset cursor
+    /// `time:seq` of the previous page; gives the count and the next page's cursor.
+    pub(crate) fn lookup(
+        &mut self,
+        col: &str,
+        v: &str,
+        start_s: i64,
+        end_s: i64,
+        after: Option<&str>,
+    ) -> anyhow::Result<(usize, Option<String>)> {
         let st = self
             .statements
             .get(col)
             .with_context(|| format!("no lookup on {col}"))?;
-        Ok(self.client.query(st, &[&v, &since_s])?.len())
+        let (t, s) = match after {
+            Some(a) => crate::history::parse_key(a)?,
+            None => (i64::MAX, i64::MAX),
+        };
+        let rows = self.client.query(st, &[&v, &start_s, &end_s, &t, &s])?;
+        let next = (rows.len() == 50)
+            .then(|| {
+                rows.last().map(|r| {
+                    let seq: i64 = r.get(0);
+                    let time: i64 = r.get(1);
+                    format!("{time}:{seq}")
+                })
+            })
+            .flatten();
+        Ok((rows.len(), next))
     }
 }

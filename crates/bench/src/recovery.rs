@@ -5,80 +5,14 @@
 //! log's recovery), the time until the history index has caught up with every acknowledged
 //! event, and that none was lost (a count by lookup of the last acknowledged ones).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
-use crate::{OpenTrail, ROOT_ID, ROOT_SECRET, make_batches, run_clients};
-
-struct Server {
-    child: Child,
-    ot: OpenTrail,
-}
-
-fn opentrail_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("OPENTRAIL_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let p = exe
-        .parent()
-        .map(|d| d.join("opentrail"))
-        .context("no directory for the opentrail binary")?;
-    if !p.is_file() {
-        bail!(
-            "no opentrail binary at {} (build it: cargo build --release -p opentrail)",
-            p.display()
-        );
-    }
-    Ok(p)
-}
-
-fn start(bin: &Path, dir: &Path) -> anyhow::Result<(Server, Duration)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let started = Instant::now();
-    let child = Command::new(bin)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("OPENTRAIL_DATA_DIR", dir)
-        .env("OPENTRAIL_ACCOUNT_ID", crate::ACCOUNT)
-        .env("OPENTRAIL_ROOT_ACCESS_KEY_ID", ROOT_ID)
-        .env("OPENTRAIL_ROOT_SECRET_ACCESS_KEY", ROOT_SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting opentrail serve")?;
-    let ot = OpenTrail::remote(&format!("http://127.0.0.1:{port}"));
-    let deadline = started + Duration::from_secs(600);
-    loop {
-        if ot.healthy() {
-            return Ok((Server { child, ot }, started.elapsed()));
-        }
-        if Instant::now() > deadline {
-            bail!("opentrail serve did not become healthy in 600 s");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Peak resident memory of a process (`VmHWM`), in MB.
-fn peak_rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
+use crate::child::{opentrail_binary, rss_cell, start};
+use crate::{make_batches, run_clients};
 
 pub(crate) fn run(seed: u64, events: usize, root: &Path, now_s: i64) -> anyhow::Result<()> {
     println!("\n## Start-up, recovery after SIGKILL, memory ({events} events)\n");
@@ -91,7 +25,7 @@ pub(crate) fn run(seed: u64, events: usize, root: &Path, now_s: i64) -> anyhow::
         .last()
         .map(|(evs, _)| evs.iter().map(|e| e.event_id.clone()).collect())
         .unwrap_or_default();
-    let ot = Arc::new(first.ot);
+    let ot = Arc::new(first.ot.handle());
     let client = Arc::clone(&ot);
     let t = Instant::now();
     let ingest = run_clients(Arc::clone(&batches), 8, move |_, _, body| {
@@ -99,10 +33,9 @@ pub(crate) fn run(seed: u64, events: usize, root: &Path, now_s: i64) -> anyhow::
     })?;
     let ingest_s = t.elapsed().as_secs_f64();
     let lag = ot.lag().unwrap_or(0);
-    let mut child = first.child;
-    let rss = peak_rss_mb(child.id());
-    child.kill().context("SIGKILL")?;
-    child.wait()?;
+    drop(ot);
+    let rss = first.peak_rss_mb();
+    first.kill()?;
 
     let (second, restart) = start(&bin, &dir)?;
     let t = Instant::now();
@@ -118,10 +51,8 @@ pub(crate) fn run(seed: u64, events: usize, root: &Path, now_s: i64) -> anyhow::
     for id in &last_ids {
         found += usize::from(second.ot.lookup("EventId", id)? > 0);
     }
-    let rss_after = peak_rss_mb(second.child.id());
-    let mut child = second.child;
-    child.kill()?;
-    child.wait()?;
+    let rss_after = second.peak_rss_mb();
+    second.kill()?;
 
     println!("| measure | value |");
     println!("|---|---|");
@@ -135,7 +66,7 @@ pub(crate) fn run(seed: u64, events: usize, root: &Path, now_s: i64) -> anyhow::
     );
     println!(
         "| peak RSS of the server under that load | {} |",
-        rss.map_or("unknown".to_owned(), |m| format!("{m:.0} MB"))
+        rss_cell(rss)
     );
     println!("| index lag at SIGKILL (acknowledged events not yet in history) | {lag} |");
     println!(
@@ -148,7 +79,7 @@ pub(crate) fn run(seed: u64, events: usize, root: &Path, now_s: i64) -> anyhow::
     );
     println!(
         "| peak RSS of the restarted server through recovery | {} |",
-        rss_after.map_or("unknown".to_owned(), |m| format!("{m:.0} MB"))
+        rss_cell(rss_after)
     );
     println!(
         "| the last acknowledged batch, found by EventId after recovery | {found}/{} |",

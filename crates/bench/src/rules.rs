@@ -16,25 +16,31 @@ use opentrail_catalog::Catalog;
 use opentrail_log::{EventLog, LogConfig, NewRecord};
 use serde_json::json;
 
-use crate::{ACCOUNT, NOUNS, OpenTrail, SOURCES, VERBS, events, ms, percentile};
+use crate::{ACCOUNT, OpenTrail, events, ms, percentile};
 
-/// 100 rules in the shapes people write: event names per service, users with errors, deletes
-/// from an address range, resource wildcards, `$or` with anything-but. Like real alert rules,
-/// each matches a small share of the traffic.
+/// Rules in the shapes people write: event names per service, users with errors, deletes
+/// from an address range, resource wildcards, `$or` with anything-but. Their values come from
+/// generated traffic, and like real alert rules each matches a small share of it.
 fn rule_patterns(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let verb = VERBS[i % VERBS.len()];
-            let noun = NOUNS[(i / 3) % NOUNS.len()];
-            let source = SOURCES[i % SOURCES.len()];
+    events(0x5eed_0001, 0, n, 1_800_000_000)
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let source = e.source.trim_end_matches(".amazonaws.com");
+            let verb_end = e.name[1..]
+                .find(|c: char| c.is_ascii_uppercase())
+                .map_or(e.name.len(), |k| k + 1);
+            let verb = &e.name[..verb_end];
+            let noun = &e.name[verb_end..];
+            let id = e.resource.rsplit('/').next().unwrap_or("");
             let p = match i % 5 {
-                0 => json!({"source": [format!("aws.{source}")], "detail": {"eventName": [format!("{verb}{noun}"), format!("Delete{noun}"), format!("Put{noun}")]}}),
-                1 => json!({"detail": {"userIdentity": {"userName": [format!("user{:03}", i * 5)]}, "errorCode": [{"exists": true}]}}),
+                0 => json!({"source": [format!("aws.{source}")], "detail": {"eventName": [e.name, format!("Delete{noun}"), format!("Put{noun}")]}}),
+                1 => json!({"detail": {"userIdentity": {"arn": [{"suffix": format!("/{}", e.user)}]}, "errorCode": [{"exists": true}]}}),
                 2 => json!({"detail": {"eventName": [{"prefix": verb}], "sourceIPAddress": [{"cidr": format!("198.51.100.{}/30", (i * 4) % 256)}]}}),
-                3 => json!({"detail": {"requestParameters": {"resourceId": [{"wildcard": format!("*:{}/{}-{}", noun.to_lowercase(), noun.to_lowercase(), i * 37)}]}}}),
+                3 => json!({"detail": {"resources": {"ARN": [{"wildcard": format!("*/{}*", &id[..id.len().min(8)])}]}}}),
                 _ => json!({"$or": [
-                    {"detail": {"errorCode": ["AccessDenied"], "eventSource": [format!("{source}.amazonaws.com")]}},
-                    {"detail": {"eventName": [{"anything-but": {"prefix": "Describe"}}], "userIdentity": {"accessKeyId": [format!("AKIA{:016}", i * 7)]}}}
+                    {"detail": {"errorCode": ["AccessDenied"], "eventSource": [e.source]}},
+                    {"detail": {"eventName": [{"anything-but": {"prefix": "Describe"}}], "userIdentity": {"accessKeyId": [e.key]}}}
                 ]}),
             };
             p.to_string()

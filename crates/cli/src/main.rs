@@ -3,6 +3,7 @@
 mod alerts;
 mod client;
 mod decrypt;
+mod generate;
 mod iam;
 mod logs;
 mod tail;
@@ -89,6 +90,12 @@ enum Command {
     Tail {
         #[command(flatten)]
         args: tail::TailArgs,
+    },
+    /// Print realistic synthetic CloudTrail events (JSON lines, or ingest bodies with
+    /// `--batch`), deterministic from `--seed`: the benchmarks' event generator.
+    Gen {
+        #[command(flatten)]
+        args: generate::GenArgs,
     },
     /// List or fetch a trail's delivered log files for a time range (local or S3 buckets).
     Logs {
@@ -255,6 +262,7 @@ fn run_other(cli: Cli) -> anyhow::Result<()> {
         Command::Topics { args } => alerts::run_topics(args),
         Command::Rules { args } => alerts::run_rules(args),
         Command::Tail { args } => tail::run(args),
+        Command::Gen { args } => generate::run(args),
         Command::Buckets {
             data_dir,
             config,
