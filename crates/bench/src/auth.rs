@@ -328,7 +328,8 @@ pub fn run(seed: u64, stored: usize, count: usize, root: &Path, now_s: i64) -> a
             .iter()
             .map(|e| match rng.below(3) {
                 0 => ("EventName".to_owned(), e.name.clone()),
-                1 => ("Username".to_owned(), e.user.clone()),
+                // AWS service principals have no user name.
+                1 if !e.user.is_empty() => ("Username".to_owned(), e.user.clone()),
                 _ => ("EventId".to_owned(), e.event_id.clone()),
             })
             .collect(),

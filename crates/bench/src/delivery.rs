@@ -283,7 +283,7 @@ con = duckdb.connect()
 con.execute("SET threads TO " + sys.argv[3])
 con.execute("SET enable_progress_bar = false")
 base = ("(SELECT unnest(Records) AS r FROM read_json('" + glob + "', columns={'Records': 'JSON[]'}, "
-        "format='auto', maximum_object_size=1073741824))")
+        "format='auto', maximum_object_size=268435456))")
 qs = [
     ("events per event source (top 10)",
      f"SELECT r->>'eventSource' s, count(*) n FROM {base} GROUP BY s ORDER BY n DESC LIMIT 10"),
