@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use crate::{ACCOUNT, OpenTrail, events, ms, percentile};
+use crate::{ACCOUNT, OpenTrail, events, ms, percentile, records_body};
 
 const BUCKET: &str = "bench-delivery-bucket";
 
@@ -73,15 +73,7 @@ fn backlog(
     ot.call("StartLogging", &json!({"Name": "bench-trail"}))?;
     std::thread::sleep(Duration::from_secs(2));
     for chunk in generated.chunks(1000) {
-        let body = format!(
-            "{{\"Records\":[{}]}}",
-            chunk
-                .iter()
-                .map(|g| g.json.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        ot.ingest(&body)?;
+        ot.ingest(&records_body(chunk))?;
     }
     ot.stop()?;
 
@@ -129,15 +121,7 @@ pub(crate) fn run(seed: u64, count: usize, root: &Path, now_s: i64) -> anyhow::R
 
     // 3. The peer: gzip -6 on the same JSON, as one file.
     let blob = dir.join("records.json");
-    let mut text = String::with_capacity(json_bytes as usize + 64);
-    text.push_str("{\"Records\":[");
-    for (i, g) in generated.iter().enumerate() {
-        if i > 0 {
-            text.push(',');
-        }
-        text.push_str(&g.json);
-    }
-    text.push_str("]}");
+    let text = records_body(&generated);
     std::fs::write(&blob, &text)?;
     let (gzip_took, gzip_len) =
         compress("gzip", &["-6", "-c"], &blob)?.context("gzip is not installed")?;

@@ -517,19 +517,25 @@ fn batches_of(
             .map(|i| generator.event(i))
             .collect();
         at += chunk.len() as u64;
-        let mut body =
-            String::with_capacity(chunk.iter().map(|e| e.json.len() + 1).sum::<usize>() + 16);
-        body.push_str("{\"Records\":[");
-        for (i, e) in chunk.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            body.push_str(&e.json);
-        }
-        body.push_str("]}");
+        let body = records_body(&chunk);
         out.push((chunk, body));
     }
     out
+}
+
+/// An ingest body (and a CloudTrail log file's JSON): `{"Records":[…]}` of the events' records.
+pub(crate) fn records_body(events: &[Generated]) -> String {
+    let mut body =
+        String::with_capacity(events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 16);
+    body.push_str("{\"Records\":[");
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&e.json);
+    }
+    body.push_str("]}");
+    body
 }
 
 fn main() -> anyhow::Result<()> {

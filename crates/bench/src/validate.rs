@@ -130,14 +130,7 @@ pub(crate) fn run(seed: u64, target_json_mb: u64, root: &Path, now_s: i64) -> an
     let mut count = 0usize;
     while sent_json < target_json_mb * 1_000_000 {
         let chunk = events(seed ^ 0x7a11d, count as u64, 1000, now_s);
-        let body = format!(
-            "{{\"Records\":[{}]}}",
-            chunk
-                .iter()
-                .map(|g| g.json.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        let body = crate::records_body(&chunk);
         sent_json += body.len() as u64;
         count += chunk.len();
         ot.ingest(&body)?;

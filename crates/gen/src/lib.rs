@@ -54,7 +54,6 @@ impl Config {
 /// One generated event: its record and the values LookupEvents finds it by.
 #[derive(Debug, Clone)]
 pub struct Event {
-    pub index: u64,
     pub event_id: String,
     pub time_s: i64,
     pub name: String,
@@ -710,12 +709,6 @@ fn build_catalog() -> Catalog {
 
 static CATALOG: LazyLock<Catalog> = LazyLock::new(build_catalog);
 
-/// The number of distinct event names and event sources the generator draws from.
-pub fn catalog_size() -> (usize, usize, usize) {
-    let c = &*CATALOG;
-    (c.apis.len(), SERVICES.len(), c.principals.len())
-}
-
 /// A stream of events; an iterator that holds only its time table.
 pub struct Generator {
     cfg: Config,
@@ -957,7 +950,6 @@ impl Generator {
         );
         record.push_str(&tail);
         Event {
-            index: i,
             event_id,
             time_s,
             name: api.name.clone(),
