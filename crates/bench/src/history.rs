@@ -51,7 +51,9 @@ pub(crate) fn run(
 ) -> anyhow::Result<()> {
     let bin = opentrail_binary()?;
     let pg = pg::Pg::start()?;
-    ingest(seed, ingest_events, &bin, root, now_s, pg.as_ref())?;
+    if ingest_events > 0 {
+        ingest(seed, ingest_events, &bin, root, now_s, pg.as_ref())?;
+    }
     let r = lookup_suite(seed, sizes, lookups, &bin, root, now_s, pg.as_ref());
     if let Some(pg) = pg {
         pg.stop();
@@ -223,6 +225,8 @@ struct Measured {
     parallel_rate: f64,
     load: Option<Duration>,
     bytes: u64,
+    /// Bytes by top-level part of the store (OpenTrail: log, index, ...).
+    parts: Vec<(String, u64)>,
     rss_load: Option<f64>,
     rss_lookups: Option<f64>,
     visible: Vec<Duration>,
@@ -440,6 +444,17 @@ fn lookup_suite(
         m.rss_load = rss_load;
         server.stop()?;
         m.bytes = dir_size(&dir);
+        m.parts = std::fs::read_dir(&dir)?
+            .filter_map(Result::ok)
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    dir_size(&e.path()),
+                )
+            })
+            .filter(|(_, b)| *b > 0)
+            .collect();
+        m.parts.sort_by_key(|p| std::cmp::Reverse(p.1));
         http.push(m);
 
         let (log, _) =
@@ -624,6 +639,16 @@ fn report(size: usize, lookups: usize, all: &[(&str, Vec<Measured>)], k: usize) 
             "\nstorage: OpenTrail {:.0}% of PostgreSQL's bytes per event (target ≤ 25%)",
             100.0 * ot as f64 / pg as f64
         );
+    }
+    for (name, ms_) in all {
+        let parts = &ms_[k].parts;
+        if !parts.is_empty() {
+            let cells: Vec<String> = parts
+                .iter()
+                .map(|(p, b)| format!("{p} {:.0}", *b as f64 / size as f64))
+                .collect();
+            println!("{name}, bytes/event by part: {}", cells.join(", "));
+        }
     }
     print!("\nSingle client, first pages: p50 / p99 ms and lookups/s\n\n| attribute |");
     for (name, _) in all {

@@ -54,7 +54,7 @@ struct Args {
     /// Store sizes the lookups run at (comma-separated; each engine is loaded up to each in turn).
     #[arg(long, value_delimiter = ',', default_value = "1000000")]
     lookup_events: Vec<usize>,
-    /// Events per ingest configuration.
+    /// Events per ingest configuration (0 skips the ingest workloads).
     #[arg(long, default_value_t = 100_000)]
     ingest_events: usize,
     /// Lookups per engine.
@@ -596,9 +596,12 @@ fn main() -> anyhow::Result<()> {
     )
 }
 
+/// Bytes a file or a tree takes on disk: allocated blocks, so sparse or preallocated files count
+/// what they hold, not their length.
 fn dir_size(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     match std::fs::metadata(p) {
-        Ok(m) if m.is_file() => m.len(),
+        Ok(m) if m.is_file() => m.blocks() * 512,
         Ok(m) if m.is_dir() => std::fs::read_dir(p)
             .map(|rd| rd.filter_map(Result::ok).map(|e| dir_size(&e.path())).sum())
             .unwrap_or(0),

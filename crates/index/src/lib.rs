@@ -5,15 +5,19 @@
 //! cursor; so after a crash it resumes from exactly where its last batch ended, and a replayed
 //! record rewrites the same keys (no duplicates). It can be rebuilt from the log at any time.
 //!
-//! Layout (index format 1): one fjall keyspace per UTC day of `eventTime` (`d<day>`), so
+//! Layout (index format 2): one fjall keyspace per UTC day of `eventTime` (`d<day>`), so
 //! retention drops whole keyspaces. Inside a day, for scope = (account, category, region):
 //!
 //! ```text
-//! all events   scope | 0x00                                  | inv_time u64 BE | inv_seq u64 BE  -> location
-//! attribute    scope | code u8 (1..=8) | len u16 BE | value  | inv_time u64 BE | inv_seq u64 BE  -> location
+//! all events   scope | 0x00                                  | inv_time u64 BE | inv_seq u64 BE  -> (empty)
+//! attribute    scope | code u8 (1..=8) | len u16 BE | value  | inv_time u64 BE | inv_seq u64 BE  -> (empty)
 //! ```
 //! `inv_x = u64::MAX - x`, so a forward scan is newest first, and ties in time go newest
 //! sequence first. Several attributes are ANDed by a zig-zag join over their (sorted) entries.
+//! A hit's record is read from the log by its sequence number. (Format 1 stored each record's
+//! file location as the value; the log's packed segments move records, so format 2 does not.)
+//! Data blocks are LZ4-compressed at every level: keys sharing a prefix sit together, and
+//! the inverted times of neighbouring entries share their high bytes.
 
 mod token;
 
@@ -22,8 +26,9 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use opentrail_log::{EventLog, Location, LogError};
+use fjall::config::{CompressionPolicy, FilterPolicy};
+use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use opentrail_log::{EventLog, LogError};
 use opentrail_model::Category;
 use opentrail_model::lookup::{AttributeKey, LookupKeys};
 use opentrail_model::time::day_of;
@@ -31,7 +36,7 @@ use opentrail_model::time::day_of;
 pub use token::{PageToken, TokenError};
 
 /// The version of the index layout; a different stored version means rebuild from the log.
-pub const INDEX_FORMAT: u32 = 1;
+pub const INDEX_FORMAT: u32 = 2;
 const META: &str = "meta";
 const CURSOR_KEY: &[u8] = b"cursor";
 const FORMAT_KEY: &[u8] = b"format";
@@ -111,6 +116,14 @@ pub struct HistoryIndex {
     log: EventLog,
 }
 
+/// Settings of a day's keyspace: LZ4 on every level's data blocks, and no bloom filters (the
+/// index is read by range scans only, which filters cannot help).
+fn day_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default()
+        .data_block_compression_policy(CompressionPolicy::all(CompressionType::Lz4))
+        .filter_policy(FilterPolicy::disabled())
+}
+
 fn day_name(day: i64) -> String {
     format!("d{day}")
 }
@@ -177,7 +190,11 @@ impl HistoryIndex {
     /// Opens the index in `dir`. A stored layout other than [`INDEX_FORMAT`], or a cursor beyond
     /// the end of the log, means the index is dropped and rebuilt from the log.
     pub fn open(dir: &Path, log: EventLog) -> Result<Self, IndexError> {
-        let db = Database::builder(dir).open()?;
+        // The journal is capped at fjall's smallest setting (64 MiB, against 512 by default): past
+        // it, memtables are flushed to compressed tables and the journal is reclaimed.
+        let db = Database::builder(dir)
+            .max_journaling_size(64 * 1024 * 1024)
+            .open()?;
         let meta = db.keyspace(META, KeyspaceCreateOptions::default)?;
         let index = Self {
             db,
@@ -220,7 +237,7 @@ impl HistoryIndex {
             let Some(day) = name.strip_prefix('d').and_then(|d| d.parse::<i64>().ok()) else {
                 continue;
             };
-            let ks = index.db.keyspace(&name, KeyspaceCreateOptions::default)?;
+            let ks = index.db.keyspace(&name, day_options)?;
             if rebuild {
                 index.db.delete_keyspace(ks)?;
             } else {
@@ -252,9 +269,7 @@ impl HistoryIndex {
         if let Some(ks) = self.days.read().map_err(|_| IndexError::Lock)?.get(&day) {
             return Ok(ks.clone());
         }
-        let ks = self
-            .db
-            .keyspace(&day_name(day), KeyspaceCreateOptions::default)?;
+        let ks = self.db.keyspace(&day_name(day), day_options)?;
         self.days
             .write()
             .map_err(|_| IndexError::Lock)?
@@ -294,13 +309,12 @@ impl HistoryIndex {
             }
             .prefix();
             let sfx = suffix(keys.time_ms, r.seq);
-            let loc = r.location.encode();
-            batch.insert(&ks, cat(&all_prefix(&scope), &sfx), loc);
+            batch.insert(&ks, cat(&all_prefix(&scope), &sfx), []);
             for (key, value) in keys.attribute_values() {
                 if value.len() > usize::from(u16::MAX) {
                     continue;
                 }
-                batch.insert(&ks, cat(&attr_prefix(&scope, key, &value), &sfx), loc);
+                batch.insert(&ks, cat(&attr_prefix(&scope, key, &value), &sfx), []);
             }
         }
         batch.insert(&self.meta, CURSOR_KEY, reader.next_seq().to_be_bytes());
@@ -367,7 +381,7 @@ impl HistoryIndex {
                 .collect()
         };
         let want = q.max_results;
-        let mut found: Vec<([u8; SUFFIX_LEN], Location)> = Vec::with_capacity(want + 1);
+        let mut found: Vec<[u8; SUFFIX_LEN]> = Vec::with_capacity(want + 1);
         for (_, ks) in days {
             let from = if lower_inclusive {
                 Some(lower)
@@ -391,7 +405,7 @@ impl HistoryIndex {
         let more = found.len() > want;
         found.truncate(want);
         let next = match (more, found.last()) {
-            (true, Some((s, _))) => Some(PageToken {
+            (true, Some(s)) => Some(PageToken {
                 position: *s,
                 snapshot,
                 params_hash: q.params_hash,
@@ -399,12 +413,12 @@ impl HistoryIndex {
             _ => None,
         };
         let mut hits = Vec::with_capacity(found.len());
-        for (s, loc) in found {
+        for s in found {
             let (time_ms, seq) = decode_suffix(&s).ok_or(IndexError::Damaged("suffix"))?;
             hits.push(Hit {
                 seq,
                 time_ms,
-                json: self.log.read_at(loc)?,
+                json: self.log.read_seq(seq)?,
             });
         }
         Ok(Page { hits, next })
@@ -417,20 +431,19 @@ fn seek(
     prefix: &[u8],
     from: &[u8; SUFFIX_LEN],
     upper: &[u8; SUFFIX_LEN],
-) -> Result<Option<([u8; SUFFIX_LEN], Location)>, IndexError> {
+) -> Result<Option<[u8; SUFFIX_LEN]>, IndexError> {
     let lo = cat(prefix, from);
     let hi = cat(prefix, upper);
     let mut it = ks.range::<Vec<u8>, _>((Bound::Included(lo), Bound::Included(hi)));
     match it.next() {
         None => Ok(None),
         Some(g) => {
-            let (k, v) = g.into_inner()?;
+            let k = g.key()?;
             let s: [u8; SUFFIX_LEN] = k
                 .get(prefix.len()..)
                 .and_then(|s| s.try_into().ok())
                 .ok_or(IndexError::Damaged("key"))?;
-            let loc = Location::decode(&v).ok_or(IndexError::Damaged("location"))?;
-            Ok(Some((s, loc)))
+            Ok(Some(s))
         }
     }
 }
@@ -444,7 +457,7 @@ fn join_day(
     upper: [u8; SUFFIX_LEN],
     snapshot: u64,
     limit: usize,
-    out: &mut Vec<([u8; SUFFIX_LEN], Location)>,
+    out: &mut Vec<[u8; SUFFIX_LEN]>,
 ) -> Result<(), IndexError> {
     let visible = |s: &[u8; SUFFIX_LEN]| decode_suffix(s).is_some_and(|(_, seq)| seq < snapshot);
     let mut taken = 0;
@@ -452,7 +465,7 @@ fn join_day(
         let lo = cat(only, &from);
         let hi = cat(only, &upper);
         for g in ks.range::<Vec<u8>, _>((Bound::Included(lo), Bound::Included(hi))) {
-            let (k, v) = g.into_inner()?;
+            let k = g.key()?;
             let s: [u8; SUFFIX_LEN] = k
                 .get(only.len()..)
                 .and_then(|s| s.try_into().ok())
@@ -460,10 +473,7 @@ fn join_day(
             if !visible(&s) {
                 continue;
             }
-            out.push((
-                s,
-                Location::decode(&v).ok_or(IndexError::Damaged("location"))?,
-            ));
+            out.push(s);
             taken += 1;
             if taken >= limit {
                 break;
@@ -473,20 +483,20 @@ fn join_day(
     }
     let mut target = from;
     'outer: while taken < limit {
-        let mut agreed: Option<([u8; SUFFIX_LEN], Location)> = None;
+        let mut agreed: Option<[u8; SUFFIX_LEN]> = None;
         for p in prefixes {
             match seek(ks, p, &target, &upper)? {
                 None => break 'outer,
-                Some((s, loc)) if s == target => agreed = agreed.or(Some((s, loc))),
-                Some((s, _)) => {
+                Some(s) if s == target => agreed = agreed.or(Some(s)),
+                Some(s) => {
                     target = s;
                     continue 'outer;
                 }
             }
         }
-        let Some((s, loc)) = agreed else { break };
+        let Some(s) = agreed else { break };
         if visible(&s) {
-            out.push((s, loc));
+            out.push(s);
             taken += 1;
         }
         match successor(&s) {

@@ -338,7 +338,11 @@ impl Counters {
     /// Opens the counters in `dir`. A stored layout other than [`COUNTERS_FORMAT`], or a cursor
     /// beyond the end of the log, means recounting from the log (the detector state is kept).
     pub fn open(dir: &Path, log: EventLog) -> Result<Self, CountersError> {
-        let db = Database::builder(dir).open()?;
+        // The journal is capped at fjall's smallest setting (64 MiB, against 512 by default): past
+        // it, memtables are flushed to compressed tables and the journal is reclaimed.
+        let db = Database::builder(dir)
+            .max_journaling_size(64 * 1024 * 1024)
+            .open()?;
         let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
         let c = Self {
             meta: open("meta")?,

@@ -1,4 +1,5 @@
-//! The on-disk format of log segments, version 1.
+//! The on-disk format of plain log segments, version 1 (the segment being written, and sealed
+//! ones not yet packed; packed segments are version 2, see [`crate::packed`]).
 //!
 //! ```text
 //! segment file  <first_seq:020>.seg
@@ -23,38 +24,6 @@ pub const PAYLOAD_HEADER_LEN: usize = 28;
 pub const RECORD_HEADER_LEN: usize = 12;
 /// A frame longer than this is treated as damage, never allocated.
 pub const MAX_FRAME_LEN: u32 = 256 * 1024 * 1024;
-
-/// Where one record's JSON lives: the segment (by its first sequence number), the byte offset of
-/// the JSON in that file, and its length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Location {
-    pub segment: u64,
-    pub offset: u64,
-    pub len: u32,
-}
-
-impl Location {
-    pub const ENCODED_LEN: usize = 20;
-
-    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
-        let mut out = [0u8; Self::ENCODED_LEN];
-        out[0..8].copy_from_slice(&self.segment.to_be_bytes());
-        out[8..16].copy_from_slice(&self.offset.to_be_bytes());
-        out[16..20].copy_from_slice(&self.len.to_be_bytes());
-        out
-    }
-
-    pub fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != Self::ENCODED_LEN {
-            return None;
-        }
-        Some(Self {
-            segment: u64::from_be_bytes(b[0..8].try_into().ok()?),
-            offset: u64::from_be_bytes(b[8..16].try_into().ok()?),
-            len: u32::from_be_bytes(b[16..20].try_into().ok()?),
-        })
-    }
-}
 
 pub fn segment_file_name(first_seq: u64) -> String {
     format!("{first_seq:020}.seg")
@@ -112,14 +81,15 @@ pub struct NewRecord {
 }
 
 /// Appends one frame holding `records` (sequence numbers from `first_seq`) to `buf`, whose first
-/// byte will sit at file offset `base`. Returns each record's location.
+/// byte will sit at file offset `base`, and each record's position (file offset of its JSON,
+/// length) to `positions`.
 pub fn encode_frame(
     buf: &mut Vec<u8>,
     base: u64,
-    segment: u64,
     first_seq: u64,
     records: &[NewRecord],
-) -> Vec<Location> {
+    positions: &mut Vec<(u64, u32)>,
+) {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; FRAME_HEADER_LEN as usize]);
     let payload_start = buf.len();
@@ -129,23 +99,16 @@ pub fn encode_frame(
     buf.extend_from_slice(&(records.len() as u32).to_le_bytes());
     buf.extend_from_slice(&min.to_le_bytes());
     buf.extend_from_slice(&max.to_le_bytes());
-    let mut locations = Vec::with_capacity(records.len());
     for r in records {
         buf.extend_from_slice(&r.time_ms.to_le_bytes());
         buf.extend_from_slice(&(r.json.len() as u32).to_le_bytes());
-        let offset = base + (buf.len() - start) as u64;
-        locations.push(Location {
-            segment,
-            offset,
-            len: r.json.len() as u32,
-        });
+        positions.push((base + (buf.len() - start) as u64, r.json.len() as u32));
         buf.extend_from_slice(&r.json);
     }
     let payload_len = (buf.len() - payload_start) as u32;
     let crc = crc32c::crc32c(&buf[payload_start..]);
     buf[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    locations
 }
 
 /// The fixed part of a decoded payload.
@@ -216,7 +179,8 @@ mod tests {
             },
         ];
         let mut buf = vec![9u8; 10];
-        let locs = encode_frame(&mut buf, 100, 7, 42, &records);
+        let mut locs = Vec::new();
+        encode_frame(&mut buf, 100, 42, &records, &mut locs);
         let len = u32::from_le_bytes(buf[10..14].try_into().expect("4")) as usize;
         let crc = u32::from_le_bytes(buf[14..18].try_into().expect("4"));
         let payload = &buf[18..18 + len];
@@ -236,9 +200,9 @@ mod tests {
             b"{\"a\":1}"
         );
         assert_eq!(recs[1].time_ms, -3);
-        // Locations are file offsets: base + position within the buffer past `buf`'s prefix.
-        assert_eq!(locs[0].offset, 100 + 8 + 28 + 12);
-        assert_eq!(Location::decode(&locs[1].encode()), Some(locs[1]));
+        // Positions are file offsets: base + position within the buffer past `buf`'s prefix.
+        assert_eq!(locs[0], (100 + 8 + 28 + 12, 7));
+        assert_eq!(locs[1], (100 + 8 + 28 + 12 + 7 + 12, 2));
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! its own persisted cursor.
 //!
 //! - Segment files (`<first_seq:020>.seg`) of checksummed frames; see [`format`].
+//! - Sealed segments are packed in the background (`<first_seq:020>.zseg`): every record
+//!   compressed alone with a dictionary trained on its segment; see [`packed`]. Reads go by
+//!   sequence number, so packing moves no record a view refers to.
 //! - One writer thread does group commit: it takes every append waiting in its queue, writes them
 //!   with one `write` and one `fdatasync`, then acknowledges them all. An append's future resolves
 //!   only after its bytes are durable.
@@ -12,6 +15,7 @@
 //! - Readers never see bytes that are not yet durable.
 
 pub mod format;
+pub mod packed;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -25,11 +29,11 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{oneshot, watch};
 
+pub use format::NewRecord;
 use format::{
     FRAME_HEADER_LEN, HEADER_LEN, MAX_FRAME_LEN, PAYLOAD_HEADER_LEN, check_header, decode_payload,
     decode_payload_header, encode_frame, encode_header, parse_segment_file_name, segment_file_name,
 };
-pub use format::{Location, NewRecord};
 
 /// Errors of the event log, by meaning.
 #[derive(Debug, thiserror::Error)]
@@ -51,11 +55,11 @@ pub enum LogError {
     Closed,
     #[error("sequence {0} is no longer in the log (deleted by retention)")]
     Truncated(u64),
-    #[error("record at {0:?} is not in the log")]
-    BadLocation(Location),
+    #[error("sequence {0} is not in the log yet")]
+    NotYet(u64),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
     move |source| LogError::Io {
         path: path.to_owned(),
         source,
@@ -70,6 +74,8 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// The most bytes one group commit writes before it syncs.
     pub group_bytes: usize,
+    /// The zstd level sealed segments are packed with; `None` leaves them plain.
+    pub pack_level: Option<i32>,
 }
 
 impl LogConfig {
@@ -78,6 +84,7 @@ impl LogConfig {
             dir: dir.into(),
             segment_bytes: 128 * 1024 * 1024,
             group_bytes: 16 * 1024 * 1024,
+            pack_level: Some(3),
         }
     }
 }
@@ -90,6 +97,31 @@ struct Segment {
     file: File,
     /// Newest event time in the segment, for retention.
     max_time_ms: AtomicI64,
+    body: Body,
+}
+
+/// Record positions in a plain segment: (file offset of the JSON, length), by sequence.
+type Positions = Vec<(u64, u32)>;
+
+#[derive(Debug)]
+enum Body {
+    /// Format 1, frames as written. The positions are kept by the writer for the segment it
+    /// writes, and built on first use for a sealed one.
+    Plain(RwLock<Option<Positions>>),
+    /// Format 2.
+    Packed(packed::Packed),
+}
+
+impl Segment {
+    fn plain(first_seq: u64, path: PathBuf, file: File, positions: Option<Positions>) -> Self {
+        Self {
+            first_seq,
+            path,
+            file,
+            max_time_ms: AtomicI64::new(i64::MIN),
+            body: Body::Plain(RwLock::new(positions)),
+        }
+    }
 }
 
 /// The durable end of the log: the next sequence number, and where the last segment ends.
@@ -100,11 +132,10 @@ pub struct DurableEnd {
     pub offset: u64,
 }
 
-/// The answer to an append: the first assigned sequence number and each record's location.
+/// The answer to an append: the first assigned sequence number (the rest follow densely).
 #[derive(Debug, Clone)]
 pub struct Appended {
     pub first_seq: u64,
-    pub locations: Vec<Location>,
 }
 
 /// What recovery found and did, for logs and tests.
@@ -130,6 +161,11 @@ struct Inner {
     appends: AtomicU64,
     queue: Mutex<Option<mpsc::Sender<AppendRequest>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Sealed plain segments to pack, by first sequence number.
+    pack_queue: Mutex<Option<mpsc::Sender<u64>>>,
+    packer: Mutex<Option<JoinHandle<()>>>,
+    closing: AtomicBool,
+    packed: AtomicU64,
 }
 
 /// A handle to the event log; cheap to clone.
@@ -143,7 +179,6 @@ pub struct EventLog {
 pub struct LogRecord {
     pub seq: u64,
     pub time_ms: i64,
-    pub location: Location,
     pub json: Vec<u8>,
 }
 
@@ -258,9 +293,17 @@ fn corrupt_at(seg: &Segment, offset: u64, detail: &str) -> LogError {
     }
 }
 
-/// Verifies the last segment frame by frame and cuts a torn tail. Returns (next_seq, end offset,
-/// newest time, bytes truncated).
-fn recover_last(seg: &Segment) -> Result<(u64, u64, i64, u64), LogError> {
+/// What recovery of the last segment found.
+struct Recovered {
+    next_seq: u64,
+    end: u64,
+    max_time_ms: i64,
+    cut: u64,
+    positions: Positions,
+}
+
+/// Verifies the last segment frame by frame and cuts a torn tail.
+fn recover_last(seg: &Segment) -> Result<Recovered, LogError> {
     let file_len = seg.file.metadata().map_err(io_err(&seg.path))?.len();
     if file_len < HEADER_LEN {
         // Created but its header never became durable: nothing in it was acknowledged.
@@ -278,7 +321,13 @@ fn recover_last(seg: &Segment) -> Result<(u64, u64, i64, u64), LogError> {
             .write_all_at(&encode_header(seg.first_seq), 0)
             .map_err(io_err(&seg.path))?;
         seg.file.sync_all().map_err(io_err(&seg.path))?;
-        return Ok((seg.first_seq, HEADER_LEN, i64::MIN, file_len));
+        return Ok(Recovered {
+            next_seq: seg.first_seq,
+            end: HEADER_LEN,
+            max_time_ms: i64::MIN,
+            cut: file_len,
+            positions: Vec::new(),
+        });
     }
     let mut hdr = [0u8; HEADER_LEN as usize];
     seg.file
@@ -294,15 +343,22 @@ fn recover_last(seg: &Segment) -> Result<(u64, u64, i64, u64), LogError> {
             .map_err(io_err(&seg.path))?;
         seg.file.set_len(HEADER_LEN).map_err(io_err(&seg.path))?;
         seg.file.sync_all().map_err(io_err(&seg.path))?;
-        return Ok((seg.first_seq, HEADER_LEN, i64::MIN, file_len - HEADER_LEN));
+        return Ok(Recovered {
+            next_seq: seg.first_seq,
+            end: HEADER_LEN,
+            max_time_ms: i64::MIN,
+            cut: file_len - HEADER_LEN,
+            positions: Vec::new(),
+        });
     }
     let mut at = HEADER_LEN;
     let mut next = seg.first_seq;
     let mut max_time = i64::MIN;
+    let mut positions = Vec::new();
     while at < file_len {
         match read_frame(&seg.file, at, file_len).map_err(io_err(&seg.path))? {
             Some((frame_end, payload)) => {
-                let (ph, _) = decode_payload(&payload)
+                let (ph, records) = decode_payload(&payload)
                     .ok_or_else(|| corrupt_at(seg, at, "frame contradicts its own header"))?;
                 if ph.first_seq != next {
                     return Err(corrupt_at(
@@ -311,6 +367,12 @@ fn recover_last(seg: &Segment) -> Result<(u64, u64, i64, u64), LogError> {
                         &format!("expected sequence {next}, frame starts at {}", ph.first_seq),
                     ));
                 }
+                let base = at + FRAME_HEADER_LEN;
+                positions.extend(
+                    records
+                        .iter()
+                        .map(|r| (base + r.start as u64, r.len as u32)),
+                );
                 next += u64::from(ph.count);
                 max_time = max_time.max(ph.max_time_ms);
                 at = frame_end;
@@ -342,24 +404,80 @@ fn recover_last(seg: &Segment) -> Result<(u64, u64, i64, u64), LogError> {
                 tracing::warn!(path = %seg.path.display(), offset = at, bytes = cut, "truncating torn tail of the event log");
                 seg.file.set_len(at).map_err(io_err(&seg.path))?;
                 seg.file.sync_all().map_err(io_err(&seg.path))?;
-                return Ok((next, at, max_time, cut));
+                return Ok(Recovered {
+                    next_seq: next,
+                    end: at,
+                    max_time_ms: max_time,
+                    cut,
+                    positions,
+                });
             }
         }
     }
-    Ok((next, at, max_time, 0))
+    Ok(Recovered {
+        next_seq: next,
+        end: at,
+        max_time_ms: max_time,
+        cut: 0,
+        positions,
+    })
+}
+
+/// Calls `f(seq, time, offset of the JSON, JSON)` for every record of a sealed plain segment,
+/// checking every frame. Returns the sequence number after the last record.
+fn each_record(
+    seg: &Segment,
+    mut f: impl FnMut(u64, i64, u64, &[u8]) -> Result<(), LogError>,
+) -> Result<u64, LogError> {
+    let end = seg.file.metadata().map_err(io_err(&seg.path))?.len();
+    let mut at = HEADER_LEN;
+    let mut next = seg.first_seq;
+    while at < end {
+        let (frame_end, payload) = read_frame(&seg.file, at, end)
+            .map_err(io_err(&seg.path))?
+            .ok_or_else(|| corrupt_at(seg, at, "unreadable frame in a sealed segment"))?;
+        let (ph, records) = decode_payload(&payload)
+            .ok_or_else(|| corrupt_at(seg, at, "frame contradicts its own header"))?;
+        if ph.first_seq != next {
+            return Err(corrupt_at(seg, at, "frame out of sequence"));
+        }
+        let base = at + FRAME_HEADER_LEN;
+        for (i, r) in records.iter().enumerate() {
+            f(
+                next + i as u64,
+                r.time_ms,
+                base + r.start as u64,
+                &payload[r.start..r.start + r.len],
+            )?;
+        }
+        next += u64::from(ph.count);
+        at = frame_end;
+    }
+    Ok(next)
 }
 
 impl EventLog {
-    /// Opens (creating if needed) the log in `config.dir`, recovers it, and starts the writer.
+    /// Opens (creating if needed) the log in `config.dir`, recovers it, and starts the writer
+    /// and the packer.
     pub fn open(config: LogConfig) -> Result<(Self, RecoveryReport), LogError> {
         let dir = config.dir.clone();
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let mut firsts: Vec<u64> = std::fs::read_dir(&dir)
-            .map_err(io_err(&dir))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| parse_segment_file_name(&e.file_name().to_string_lossy()))
-            .collect();
-        firsts.sort_unstable();
+        let mut plain = std::collections::BTreeSet::new();
+        let mut packed_firsts = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(first) = parse_segment_file_name(&name) {
+                plain.insert(first);
+            } else if let Some(first) = packed::parse_file_name(&name) {
+                packed_firsts.insert(first);
+            } else if name.ends_with(".zseg.tmp") {
+                // A packing that never completed; the plain segment is still there.
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+            }
+        }
+        let mut firsts: Vec<u64> = plain.union(&packed_firsts).copied().collect();
         let mut report = RecoveryReport {
             segments: firsts.len(),
             ..Default::default()
@@ -370,6 +488,7 @@ impl EventLog {
             file.sync_all().map_err(io_err(&dir))?;
             sync_dir(&dir)?;
             firsts.push(0);
+            plain.insert(0);
             report.segments = 1;
         }
         let mut segments = BTreeMap::new();
@@ -381,12 +500,18 @@ impl EventLog {
             offset: HEADER_LEN,
         };
         for &first in &firsts {
-            let (file, path) = open_segment(&dir, first, false)?;
-            let seg = Segment {
-                first_seq: first,
-                path,
-                file,
-                max_time_ms: AtomicI64::new(i64::MIN),
+            let seg = if packed_firsts.contains(&first) {
+                let packed = open_packed(&dir, first)?;
+                if plain.contains(&first) {
+                    // Packed and renamed into place, but the plain copy was not yet deleted.
+                    let old = dir.join(segment_file_name(first));
+                    std::fs::remove_file(&old).map_err(io_err(&old))?;
+                    plain.remove(&first);
+                }
+                packed
+            } else {
+                let (file, path) = open_segment(&dir, first, false)?;
+                Segment::plain(first, path, file, None)
             };
             if let Some(n) = expected_next
                 && n != first
@@ -397,25 +522,59 @@ impl EventLog {
                     &format!("segment starts at {first}, expected {n}"),
                 ));
             }
-            let (next, max_time) = if first == last_first {
-                let (next, offset, max_time, cut) = recover_last(&seg)?;
-                end = DurableEnd {
-                    next_seq: next,
-                    segment: first,
-                    offset,
-                };
-                report.truncated_bytes = cut;
-                (next, max_time)
-            } else {
-                scan_sealed(&seg)?
+            let (next, max_time) = match &seg.body {
+                Body::Packed(p) => (first + u64::from(p.header.count), p.header.max_time_ms),
+                Body::Plain(positions) if first == last_first => {
+                    let r = recover_last(&seg)?;
+                    end = DurableEnd {
+                        next_seq: r.next_seq,
+                        segment: first,
+                        offset: r.end,
+                    };
+                    report.truncated_bytes = r.cut;
+                    if let Ok(mut p) = positions.write() {
+                        *p = Some(r.positions);
+                    }
+                    (r.next_seq, r.max_time_ms)
+                }
+                Body::Plain(_) => scan_sealed(&seg)?,
             };
             seg.max_time_ms.store(max_time, Ordering::Relaxed);
             expected_next = Some(next);
             segments.insert(first, Arc::new(seg));
         }
+        let last_is_packed = segments
+            .get(&last_first)
+            .is_some_and(|s| matches!(s.body, Body::Packed(_)));
+        if last_is_packed {
+            // Only sealed segments are packed, so this log lost its last plain segment while it
+            // was empty: start a new one where the packed one ends.
+            let first = expected_next.unwrap_or(0);
+            let (file, path) = open_segment(&dir, first, true)?;
+            file.write_all_at(&encode_header(first), 0)
+                .map_err(io_err(&path))?;
+            file.sync_all().map_err(io_err(&path))?;
+            sync_dir(&dir)?;
+            segments.insert(
+                first,
+                Arc::new(Segment::plain(first, path, file, Some(Vec::new()))),
+            );
+            end = DurableEnd {
+                next_seq: first,
+                segment: first,
+                offset: HEADER_LEN,
+            };
+            report.segments += 1;
+        }
         report.next_seq = end.next_seq;
+        let to_pack: Vec<u64> = segments
+            .iter()
+            .filter(|(first, s)| **first != end.segment && matches!(s.body, Body::Plain(_)))
+            .map(|(first, _)| *first)
+            .collect();
         let (durable, _) = watch::channel(end);
         let (tx, rx) = mpsc::channel();
+        let (pack_tx, pack_rx) = mpsc::channel();
         let inner = Arc::new(Inner {
             config,
             segments: RwLock::new(segments),
@@ -425,6 +584,10 @@ impl EventLog {
             appends: AtomicU64::new(0),
             queue: Mutex::new(Some(tx)),
             writer: Mutex::new(None),
+            pack_queue: Mutex::new(None),
+            packer: Mutex::new(None),
+            closing: AtomicBool::new(false),
+            packed: AtomicU64::new(0),
         });
         let writer_inner = Arc::clone(&inner);
         let handle = std::thread::Builder::new()
@@ -433,6 +596,22 @@ impl EventLog {
             .map_err(io_err(&dir))?;
         if let Ok(mut w) = inner.writer.lock() {
             *w = Some(handle);
+        }
+        if inner.config.pack_level.is_some() {
+            for first in to_pack {
+                let _ = pack_tx.send(first);
+            }
+            let packer_inner = Arc::clone(&inner);
+            let handle = std::thread::Builder::new()
+                .name("opentrail-log-packer".into())
+                .spawn(move || packer_loop(&packer_inner, &pack_rx))
+                .map_err(io_err(&dir))?;
+            if let Ok(mut p) = inner.packer.lock() {
+                *p = Some(handle);
+            }
+            if let Ok(mut q) = inner.pack_queue.lock() {
+                *q = Some(pack_tx);
+            }
         }
         Ok((Self { inner }, report))
     }
@@ -448,7 +627,6 @@ impl EventLog {
         if records.is_empty() {
             let _ = reply.send(Ok(Appended {
                 first_seq: self.durable_end().next_seq,
-                locations: Vec::new(),
             }));
             return Ok(rx);
         }
@@ -486,20 +664,65 @@ impl EventLog {
         self.inner.poisoned.load(Ordering::Acquire)
     }
 
-    /// Reads one record's JSON by location (a positioned read; blocking IO).
-    pub fn read_at(&self, loc: Location) -> Result<Vec<u8>, LogError> {
-        let seg = self
-            .segment(loc.segment)
-            .ok_or(LogError::BadLocation(loc))?;
-        let mut buf = vec![0u8; loc.len as usize];
-        seg.file
-            .read_exact_at(&mut buf, loc.offset)
-            .map_err(io_err(&seg.path))?;
-        Ok(buf)
+    /// Reads one record's JSON by sequence number (positioned reads; blocking IO).
+    pub fn read_seq(&self, seq: u64) -> Result<Vec<u8>, LogError> {
+        if seq >= self.durable_end().next_seq {
+            return Err(LogError::NotYet(seq));
+        }
+        let seg = self.segment_at(seq)?;
+        let idx = seq - seg.first_seq;
+        match &seg.body {
+            Body::Packed(p) => {
+                let mut one = p.read(&seg.file, &seg.path, idx, 1)?;
+                one.pop()
+                    .map(|(_, json)| json)
+                    .ok_or_else(|| corrupt_at(&seg, 0, "record missing from a packed segment"))
+            }
+            Body::Plain(lock) => {
+                let known = lock
+                    .read()
+                    .map_err(|_| LogError::Poisoned)?
+                    .as_ref()
+                    .map(|p| p.get(idx as usize).copied());
+                let pos = match known {
+                    Some(pos) => pos,
+                    None => {
+                        let mut built = Vec::new();
+                        each_record(&seg, |_, _, offset, json| {
+                            built.push((offset, json.len() as u32));
+                            Ok(())
+                        })?;
+                        let pos = built.get(idx as usize).copied();
+                        let mut w = lock.write().map_err(|_| LogError::Poisoned)?;
+                        if w.is_none() {
+                            *w = Some(built);
+                        }
+                        pos
+                    }
+                };
+                let (offset, len) =
+                    pos.ok_or_else(|| corrupt_at(&seg, 0, "record missing from its segment"))?;
+                let mut buf = vec![0u8; len as usize];
+                seg.file
+                    .read_exact_at(&mut buf, offset)
+                    .map_err(io_err(&seg.path))?;
+                Ok(buf)
+            }
+        }
     }
 
-    fn segment(&self, first_seq: u64) -> Option<Arc<Segment>> {
-        self.inner.segments.read().ok()?.get(&first_seq).cloned()
+    /// The segment holding `seq` (which must be below the durable end).
+    fn segment_at(&self, seq: u64) -> Result<Arc<Segment>, LogError> {
+        let segs = self.inner.segments.read().map_err(|_| LogError::Poisoned)?;
+        match segs.range(..=seq).next_back() {
+            Some((_, seg)) => Ok(Arc::clone(seg)),
+            None => Err(LogError::Truncated(seq)),
+        }
+    }
+
+    /// How many segments this handle's packer has packed since open.
+    pub fn packed_segments(&self) -> u64 {
+        self.inner.packed.load(Ordering::Relaxed)
     }
 
     /// A reader positioned at `next_seq`.
@@ -561,8 +784,9 @@ impl EventLog {
             .unwrap_or(0)
     }
 
-    /// Stops the writer after it has answered everything queued. Every acknowledged append was
-    /// already synced, so nothing more needs flushing.
+    /// Stops the writer after it has answered everything queued, then the packer (a packing
+    /// under way is abandoned; the plain segment stays). Every acknowledged append was already
+    /// synced, so nothing more needs flushing.
     pub fn close(&self) {
         if let Ok(mut q) = self.inner.queue.lock() {
             q.take();
@@ -572,6 +796,37 @@ impl EventLog {
             && h.join().is_err()
         {
             tracing::error!("event log writer thread panicked");
+        }
+        self.inner.closing.store(true, Ordering::Release);
+        if let Ok(mut q) = self.inner.pack_queue.lock() {
+            q.take();
+        }
+        let handle = self.inner.packer.lock().ok().and_then(|mut p| p.take());
+        if let Some(h) = handle
+            && h.join().is_err()
+        {
+            tracing::error!("event log packer thread panicked");
+        }
+    }
+
+    /// Waits until every sealed segment is packed (tests and benchmarks). Returns at once when
+    /// packing is off.
+    pub fn wait_packed(&self, timeout: std::time::Duration) -> bool {
+        let start = std::time::Instant::now();
+        loop {
+            let plain_sealed = self.inner.segments.read().map(|segs| {
+                let last = segs.keys().next_back().copied();
+                segs.iter()
+                    .any(|(first, s)| Some(*first) != last && matches!(s.body, Body::Plain(_)))
+            });
+            match plain_sealed {
+                Ok(false) => return true,
+                Ok(true) if self.inner.config.pack_level.is_none() => return true,
+                Ok(true) if start.elapsed() < timeout => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                _ => return false,
+            }
         }
     }
 }
@@ -642,12 +897,12 @@ fn commit_group(
     let mut next_seq = state.end.next_seq;
     let mut max_time = i64::MIN;
     let mut results = Vec::with_capacity(group.len());
+    let mut positions = Vec::new();
     for req in group {
         let base = state.end.offset + buf.len() as u64;
-        let locations = encode_frame(buf, base, state.end.segment, next_seq, &req.records);
+        encode_frame(buf, base, next_seq, &req.records, &mut positions);
         results.push(Appended {
             first_seq: next_seq,
-            locations,
         });
         next_seq += req.records.len() as u64;
         max_time = req
@@ -666,6 +921,10 @@ fn commit_group(
         .appends
         .fetch_add(group.len() as u64, Ordering::Relaxed);
     seg.max_time_ms.fetch_max(max_time, Ordering::Relaxed);
+    if let Body::Plain(lock) = &seg.body {
+        let mut p = lock.write().map_err(|_| LogError::Poisoned)?;
+        p.get_or_insert_with(Vec::new).extend(positions);
+    }
     state.end.offset += buf.len() as u64;
     state.end.next_seq = next_seq;
     Ok(results)
@@ -679,21 +938,151 @@ fn roll_segment(inner: &Inner, state: &mut WriterState) -> Result<(), LogError> 
         .map_err(io_err(&path))?;
     file.sync_all().map_err(io_err(&path))?;
     sync_dir(dir)?;
-    let seg = Arc::new(Segment {
-        first_seq: first,
-        path,
-        file,
-        max_time_ms: AtomicI64::new(i64::MIN),
-    });
+    let seg = Arc::new(Segment::plain(first, path, file, Some(Vec::new())));
     inner
         .segments
         .write()
         .map_err(|_| LogError::Poisoned)?
         .insert(first, Arc::clone(&seg));
+    let sealed = state.end.segment;
     state.file = seg;
     state.end.segment = first;
     state.end.offset = HEADER_LEN;
+    if let Ok(q) = inner.pack_queue.lock()
+        && let Some(tx) = q.as_ref()
+    {
+        let _ = tx.send(sealed);
+    }
     Ok(())
+}
+
+fn open_packed(dir: &Path, first: u64) -> Result<Segment, LogError> {
+    let path = dir.join(packed::file_name(first));
+    let file = File::open(&path).map_err(io_err(&path))?;
+    let header = packed::read_header(&file, &path, first)?;
+    Ok(Segment {
+        first_seq: first,
+        path,
+        file,
+        max_time_ms: AtomicI64::new(header.max_time_ms),
+        body: Body::Packed(packed::Packed::new(header)),
+    })
+}
+
+fn packer_loop(inner: &Inner, rx: &mpsc::Receiver<u64>) {
+    while let Ok(first) = rx.recv() {
+        if inner.closing.load(Ordering::Acquire) {
+            return;
+        }
+        match pack_segment(inner, first) {
+            Ok(true) => {
+                inner.packed.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => {}
+            // The plain segment stays and serves reads; packing is retried on the next open.
+            Err(e) => {
+                tracing::error!(segment = first, error = %e, "packing a sealed log segment failed")
+            }
+        }
+    }
+}
+
+/// Packs one sealed plain segment: trains a dictionary on a sample of its records, writes the
+/// packed file beside it, syncs it, renames it into place and swaps it in, then deletes the plain
+/// file. Returns false when there was nothing to do (gone, already packed, or closing).
+fn pack_segment(inner: &Inner, first: u64) -> Result<bool, LogError> {
+    let Some(level) = inner.config.pack_level else {
+        return Ok(false);
+    };
+    let seg = {
+        let segs = inner.segments.read().map_err(|_| LogError::Poisoned)?;
+        let sealed = segs.range(first + 1..).next().is_some();
+        match segs.get(&first) {
+            Some(s) if sealed && matches!(s.body, Body::Plain(_)) => Arc::clone(s),
+            _ => return Ok(false),
+        }
+    };
+    let started = std::time::Instant::now();
+    let plain_len = seg.file.metadata().map_err(io_err(&seg.path))?.len();
+    // One record in `step` is sampled, so that about SAMPLE_BUDGET bytes are sampled.
+    let step = (plain_len / packed::SAMPLE_BUDGET).max(1);
+    let mut samples = Vec::new();
+    let mut sizes = Vec::new();
+    let mut n = 0u64;
+    each_record(&seg, |_, _, _, json| {
+        if n.is_multiple_of(step) {
+            samples.extend_from_slice(json);
+            sizes.push(json.len());
+        }
+        n += 1;
+        Ok(())
+    })?;
+    let dict = packed::train(&samples, &sizes, plain_len);
+    drop(samples);
+    let dir = &inner.config.dir;
+    let final_path = dir.join(packed::file_name(first));
+    let tmp = dir.join(format!("{}.tmp", packed::file_name(first)));
+    let file = File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut builder = packed::Builder::new(file, &tmp, first, &dict, level)?;
+    let mut abandoned = false;
+    let next = each_record(&seg, |_, time_ms, _, json| {
+        if inner.closing.load(Ordering::Acquire) {
+            abandoned = true;
+            return Err(LogError::Closed);
+        }
+        builder.push(time_ms, json)
+    });
+    let next = match next {
+        Ok(next) => next,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return if abandoned { Ok(false) } else { Err(e) };
+        }
+    };
+    let header = match builder.finish() {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    if first + u64::from(header.count) != next {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(corrupt_at(
+            &seg,
+            0,
+            "packed count differs from the plain segment",
+        ));
+    }
+    {
+        let mut segs = inner.segments.write().map_err(|_| LogError::Poisoned)?;
+        let current = segs.get(&first).is_some_and(|s| Arc::ptr_eq(s, &seg));
+        if !current {
+            // Deleted by retention meanwhile.
+            drop(segs);
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(false);
+        }
+        std::fs::rename(&tmp, &final_path).map_err(io_err(&final_path))?;
+        let packed = open_packed(dir, first)?;
+        packed
+            .max_time_ms
+            .store(seg.max_time_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+        segs.insert(first, Arc::new(packed));
+    }
+    sync_dir(dir)?;
+    std::fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+    sync_dir(dir)?;
+    tracing::info!(
+        segment = first,
+        records = header.count,
+        plain_bytes = plain_len,
+        packed_bytes = header.file_len(),
+        dictionary = header.dict_len,
+        ms = started.elapsed().as_millis() as u64,
+        "packed a sealed event log segment"
+    );
+    Ok(true)
 }
 
 /// Reads the log forward from a sequence number, never past the durable end. Blocking IO: use it
@@ -701,7 +1090,7 @@ fn roll_segment(inner: &Inner, state: &mut WriterState) -> Result<(), LogError> 
 pub struct LogReader {
     log: EventLog,
     next_seq: u64,
-    /// (segment, offset of the next frame) once known.
+    /// In a plain segment: (segment, offset of the next frame) once known.
     pos: Option<(u64, u64)>,
 }
 
@@ -711,88 +1100,76 @@ impl LogReader {
         self.next_seq
     }
 
-    /// Reads up to about `max_records` records (whole frames; at least one frame if any is there).
+    /// Reads up to about `max_records` records (whole frames of a plain segment; at least one
+    /// frame or record if any is there).
     pub fn read(&mut self, max_records: usize) -> Result<Vec<LogRecord>, LogError> {
         let end = self.log.durable_end();
         let mut out = Vec::new();
         while self.next_seq < end.next_seq && out.len() < max_records {
-            let (segment, offset) = match self.pos {
-                Some(p) => p,
-                None => (self.segment_for(self.next_seq)?, HEADER_LEN),
-            };
-            let seg = self
-                .log
-                .segment(segment)
-                .ok_or(LogError::Truncated(self.next_seq))?;
-            let seg_end = if segment == end.segment {
-                end.offset
-            } else {
-                seg.file.metadata().map_err(io_err(&seg.path))?.len()
-            };
-            if offset >= seg_end {
-                // Past the end of a sealed segment: move to the one that follows.
-                let next_first = self
-                    .log
-                    .inner
-                    .segments
-                    .read()
-                    .map_err(|_| LogError::Poisoned)?
-                    .range(segment + 1..)
-                    .next()
-                    .map(|(k, _)| *k);
-                match next_first {
-                    Some(n) => {
-                        self.pos = Some((n, HEADER_LEN));
-                        continue;
+            let seg = self.log.segment_at(self.next_seq)?;
+            match &seg.body {
+                Body::Packed(p) => {
+                    let idx = self.next_seq - seg.first_seq;
+                    let n = (max_records - out.len()) as u64;
+                    let n = n
+                        .min(u64::from(p.header.count).saturating_sub(idx))
+                        .min(end.next_seq - self.next_seq);
+                    if n == 0 {
+                        return Err(corrupt_at(
+                            &seg,
+                            0,
+                            "packed segment ends before its successor",
+                        ));
                     }
-                    None => break,
+                    for (i, (time_ms, json)) in p
+                        .read(&seg.file, &seg.path, idx, n)?
+                        .into_iter()
+                        .enumerate()
+                    {
+                        out.push(LogRecord {
+                            seq: self.next_seq + i as u64,
+                            time_ms,
+                            json,
+                        });
+                    }
+                    self.next_seq += n;
+                    self.pos = None;
+                }
+                Body::Plain(_) => {
+                    let offset = match self.pos {
+                        Some((s, o)) if s == seg.first_seq => o,
+                        _ => HEADER_LEN,
+                    };
+                    let seg_end = if seg.first_seq == end.segment {
+                        end.offset
+                    } else {
+                        seg.file.metadata().map_err(io_err(&seg.path))?.len()
+                    };
+                    let (frame_end, payload) = read_frame(&seg.file, offset, seg_end)
+                        .map_err(io_err(&seg.path))?
+                        .ok_or_else(|| {
+                            corrupt_at(&seg, offset, "unreadable frame below the durable end")
+                        })?;
+                    let (ph, records) = decode_payload(&payload).ok_or_else(|| {
+                        corrupt_at(&seg, offset, "frame contradicts its own header")
+                    })?;
+                    for (i, r) in records.iter().enumerate() {
+                        let seq = ph.first_seq + i as u64;
+                        if seq < self.next_seq {
+                            continue;
+                        }
+                        out.push(LogRecord {
+                            seq,
+                            time_ms: r.time_ms,
+                            json: payload[r.start..r.start + r.len].to_vec(),
+                        });
+                    }
+                    self.next_seq = self.next_seq.max(ph.first_seq + u64::from(ph.count));
+                    self.pos = Some((seg.first_seq, frame_end));
                 }
             }
-            let (frame_end, payload) = read_frame(&seg.file, offset, seg_end)
-                .map_err(io_err(&seg.path))?
-                .ok_or_else(|| {
-                    corrupt_at(&seg, offset, "unreadable frame below the durable end")
-                })?;
-            let (ph, records) = decode_payload(&payload)
-                .ok_or_else(|| corrupt_at(&seg, offset, "frame contradicts its own header"))?;
-            let payload_base = offset + FRAME_HEADER_LEN;
-            for (i, r) in records.iter().enumerate() {
-                let seq = ph.first_seq + i as u64;
-                if seq < self.next_seq {
-                    continue;
-                }
-                out.push(LogRecord {
-                    seq,
-                    time_ms: r.time_ms,
-                    location: Location {
-                        segment,
-                        offset: payload_base + r.start as u64,
-                        len: r.len as u32,
-                    },
-                    json: payload[r.start..r.start + r.len].to_vec(),
-                });
-            }
-            self.next_seq = self.next_seq.max(ph.first_seq + u64::from(ph.count));
-            self.pos = Some((segment, frame_end));
         }
         Ok(out)
-    }
-
-    fn segment_for(&self, seq: u64) -> Result<u64, LogError> {
-        let segs = self
-            .log
-            .inner
-            .segments
-            .read()
-            .map_err(|_| LogError::Poisoned)?;
-        let first = segs.keys().next().copied().unwrap_or(0);
-        if seq < first {
-            return Err(LogError::Truncated(seq));
-        }
-        segs.range(..=seq)
-            .next_back()
-            .map(|(k, _)| *k)
-            .ok_or(LogError::Truncated(seq))
     }
 }
 
