@@ -100,8 +100,22 @@ struct Segment {
     body: Body,
 }
 
-/// Record positions in a plain segment: (file offset of the JSON, length), by sequence.
-type Positions = Vec<(u64, u32)>;
+/// Where things are in a plain segment.
+#[derive(Debug, Default)]
+struct Positions {
+    /// Each record's JSON: (file offset, length), by sequence.
+    records: Vec<(u64, u32)>,
+    /// Each frame: (its first sequence number, its file offset), in order.
+    frames: Vec<(u64, u64)>,
+}
+
+impl Positions {
+    /// The offset of the frame holding `seq`.
+    fn frame_of(&self, seq: u64) -> Option<u64> {
+        let i = self.frames.partition_point(|(first, _)| *first <= seq);
+        i.checked_sub(1).map(|i| self.frames[i].1)
+    }
+}
 
 #[derive(Debug)]
 enum Body {
@@ -326,7 +340,7 @@ fn recover_last(seg: &Segment) -> Result<Recovered, LogError> {
             end: HEADER_LEN,
             max_time_ms: i64::MIN,
             cut: file_len,
-            positions: Vec::new(),
+            positions: Positions::default(),
         });
     }
     let mut hdr = [0u8; HEADER_LEN as usize];
@@ -348,13 +362,13 @@ fn recover_last(seg: &Segment) -> Result<Recovered, LogError> {
             end: HEADER_LEN,
             max_time_ms: i64::MIN,
             cut: file_len - HEADER_LEN,
-            positions: Vec::new(),
+            positions: Positions::default(),
         });
     }
     let mut at = HEADER_LEN;
     let mut next = seg.first_seq;
     let mut max_time = i64::MIN;
-    let mut positions = Vec::new();
+    let mut positions = Positions::default();
     while at < file_len {
         match read_frame(&seg.file, at, file_len).map_err(io_err(&seg.path))? {
             Some((frame_end, payload)) => {
@@ -368,7 +382,8 @@ fn recover_last(seg: &Segment) -> Result<Recovered, LogError> {
                     ));
                 }
                 let base = at + FRAME_HEADER_LEN;
-                positions.extend(
+                positions.frames.push((ph.first_seq, at));
+                positions.records.extend(
                     records
                         .iter()
                         .map(|r| (base + r.start as u64, r.len as u32)),
@@ -423,11 +438,11 @@ fn recover_last(seg: &Segment) -> Result<Recovered, LogError> {
     })
 }
 
-/// Calls `f(seq, time, offset of the JSON, JSON)` for every record of a sealed plain segment,
-/// checking every frame. Returns the sequence number after the last record.
+/// Calls `f(seq, time, offset of its frame, offset of the JSON, JSON)` for every record of a
+/// sealed plain segment, checking every frame. Returns the sequence number after the last record.
 fn each_record(
     seg: &Segment,
-    mut f: impl FnMut(u64, i64, u64, &[u8]) -> Result<(), LogError>,
+    mut f: impl FnMut(u64, i64, u64, u64, &[u8]) -> Result<(), LogError>,
 ) -> Result<u64, LogError> {
     let end = seg.file.metadata().map_err(io_err(&seg.path))?.len();
     let mut at = HEADER_LEN;
@@ -446,6 +461,7 @@ fn each_record(
             f(
                 next + i as u64,
                 r.time_ms,
+                at,
                 base + r.start as u64,
                 &payload[r.start..r.start + r.len],
             )?;
@@ -557,7 +573,12 @@ impl EventLog {
             sync_dir(&dir)?;
             segments.insert(
                 first,
-                Arc::new(Segment::plain(first, path, file, Some(Vec::new()))),
+                Arc::new(Segment::plain(
+                    first,
+                    path,
+                    file,
+                    Some(Positions::default()),
+                )),
             );
             end = DurableEnd {
                 next_seq: first,
@@ -679,27 +700,7 @@ impl EventLog {
                     .ok_or_else(|| corrupt_at(&seg, 0, "record missing from a packed segment"))
             }
             Body::Plain(lock) => {
-                let known = lock
-                    .read()
-                    .map_err(|_| LogError::Poisoned)?
-                    .as_ref()
-                    .map(|p| p.get(idx as usize).copied());
-                let pos = match known {
-                    Some(pos) => pos,
-                    None => {
-                        let mut built = Vec::new();
-                        each_record(&seg, |_, _, offset, json| {
-                            built.push((offset, json.len() as u32));
-                            Ok(())
-                        })?;
-                        let pos = built.get(idx as usize).copied();
-                        let mut w = lock.write().map_err(|_| LogError::Poisoned)?;
-                        if w.is_none() {
-                            *w = Some(built);
-                        }
-                        pos
-                    }
-                };
+                let pos = plain_positions(&seg, lock, |p| p.records.get(idx as usize).copied())?;
                 let (offset, len) =
                     pos.ok_or_else(|| corrupt_at(&seg, 0, "record missing from its segment"))?;
                 let mut buf = vec![0u8; len as usize];
@@ -898,8 +899,10 @@ fn commit_group(
     let mut max_time = i64::MIN;
     let mut results = Vec::with_capacity(group.len());
     let mut positions = Vec::new();
+    let mut frames = Vec::with_capacity(group.len());
     for req in group {
         let base = state.end.offset + buf.len() as u64;
+        frames.push((next_seq, base));
         encode_frame(buf, base, next_seq, &req.records, &mut positions);
         results.push(Appended {
             first_seq: next_seq,
@@ -923,7 +926,9 @@ fn commit_group(
     seg.max_time_ms.fetch_max(max_time, Ordering::Relaxed);
     if let Body::Plain(lock) = &seg.body {
         let mut p = lock.write().map_err(|_| LogError::Poisoned)?;
-        p.get_or_insert_with(Vec::new).extend(positions);
+        let p = p.get_or_insert_with(Positions::default);
+        p.records.extend(positions);
+        p.frames.extend(frames);
     }
     state.end.offset += buf.len() as u64;
     state.end.next_seq = next_seq;
@@ -938,7 +943,12 @@ fn roll_segment(inner: &Inner, state: &mut WriterState) -> Result<(), LogError> 
         .map_err(io_err(&path))?;
     file.sync_all().map_err(io_err(&path))?;
     sync_dir(dir)?;
-    let seg = Arc::new(Segment::plain(first, path, file, Some(Vec::new())));
+    let seg = Arc::new(Segment::plain(
+        first,
+        path,
+        file,
+        Some(Positions::default()),
+    ));
     inner
         .segments
         .write()
@@ -954,6 +964,29 @@ fn roll_segment(inner: &Inner, state: &mut WriterState) -> Result<(), LogError> 
         let _ = tx.send(sealed);
     }
     Ok(())
+}
+
+/// Answers `f` from a plain segment's positions, building them first (one scan of the segment)
+/// if nobody has yet.
+fn plain_positions<T>(
+    seg: &Segment,
+    lock: &RwLock<Option<Positions>>,
+    f: impl Fn(&Positions) -> T,
+) -> Result<T, LogError> {
+    if let Some(p) = lock.read().map_err(|_| LogError::Poisoned)?.as_ref() {
+        return Ok(f(p));
+    }
+    let mut built = Positions::default();
+    each_record(seg, |seq, _, frame_at, offset, json| {
+        if built.frames.last().is_none_or(|(_, at)| *at != frame_at) {
+            built.frames.push((seq, frame_at));
+        }
+        built.records.push((offset, json.len() as u32));
+        Ok(())
+    })?;
+    let mut w = lock.write().map_err(|_| LogError::Poisoned)?;
+    let p = w.get_or_insert(built);
+    Ok(f(p))
 }
 
 fn open_packed(dir: &Path, first: u64) -> Result<Segment, LogError> {
@@ -1009,7 +1042,7 @@ fn pack_segment(inner: &Inner, first: u64) -> Result<bool, LogError> {
     let mut samples = Vec::new();
     let mut sizes = Vec::new();
     let mut n = 0u64;
-    each_record(&seg, |_, _, _, json| {
+    each_record(&seg, |_, _, _, _, json| {
         if n.is_multiple_of(step) {
             samples.extend_from_slice(json);
             sizes.push(json.len());
@@ -1025,7 +1058,7 @@ fn pack_segment(inner: &Inner, first: u64) -> Result<bool, LogError> {
     let file = File::create(&tmp).map_err(io_err(&tmp))?;
     let mut builder = packed::Builder::new(file, &tmp, first, &dict, level)?;
     let mut abandoned = false;
-    let next = each_record(&seg, |_, time_ms, _, json| {
+    let next = each_record(&seg, |_, time_ms, _, _, json| {
         if inner.closing.load(Ordering::Acquire) {
             abandoned = true;
             return Err(LogError::Closed);
@@ -1135,10 +1168,12 @@ impl LogReader {
                     self.next_seq += n;
                     self.pos = None;
                 }
-                Body::Plain(_) => {
+                Body::Plain(lock) => {
                     let offset = match self.pos {
                         Some((s, o)) if s == seg.first_seq => o,
-                        _ => HEADER_LEN,
+                        // Start at the frame holding the next record, not at the segment's start.
+                        _ => plain_positions(&seg, lock, |p| p.frame_of(self.next_seq))?
+                            .unwrap_or(HEADER_LEN),
                     };
                     let seg_end = if seg.first_seq == end.segment {
                         end.offset

@@ -608,3 +608,28 @@ fn torn_cut(clean: &[u8]) -> usize {
     }
     starts[2] + 17
 }
+
+#[tokio::test]
+async fn readers_start_at_the_frame_holding_their_sequence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = packed_config(dir.path());
+    config.pack_level = None;
+    let (log, _) = EventLog::open(config.clone()).expect("open");
+    write_events(&log, 300).await;
+    let check = |log: &EventLog| {
+        for start in [0, 1, 6, 7, 8, 100, 150, 299] {
+            let got = log.reader(start).read(3).expect("read");
+            assert_eq!(got.first().map(|r| r.seq), Some(start), "reader at {start}");
+            assert!(got.iter().all(|r| r.json == event(r.seq).json));
+            // Whole frames are read: at most the rest of the frame holding `start` plus more.
+            assert!(got.len() <= 7 + 2, "{} records", got.len());
+        }
+    };
+    // The segment being written (positions kept by the writer) and sealed plain ones.
+    check(&log);
+    log.close();
+    // After a restart: sealed plain segments build their positions on first use.
+    let (log, _) = EventLog::open(config).expect("open");
+    check(&log);
+    log.close();
+}

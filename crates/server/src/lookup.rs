@@ -193,7 +193,9 @@ pub(crate) async fn lookup_events(
                     resource_name: r.resource_name,
                 })
                 .collect(),
-            cloud_trail_event: String::from_utf8_lossy(&hit.json).into_owned(),
+            // Stored records were checked as UTF-8 at ingest: no copy on the way out.
+            cloud_trail_event: String::from_utf8(hit.json)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
         });
     }
     Ok(LookupEventsResponse {
