@@ -154,7 +154,7 @@ fn gzip_on(data: &[u8], threads: usize) -> std::io::Result<Vec<u8>> {
     }
     let chunks: Vec<&[u8]> = data.chunks(CHUNK).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let done: Vec<std::sync::Mutex<Option<std::io::Result<(Vec<u8>, Crc)>>>> =
+    let done: Vec<std::sync::Mutex<Option<std::io::Result<Piece>>>> =
         chunks.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|s| {
         for _ in 0..threads.min(chunks.len()) {
@@ -191,8 +191,11 @@ fn gzip_on(data: &[u8], threads: usize) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// One compressed chunk: its deflate bytes and the CRC-32 of its input.
+type Piece = (Vec<u8>, Crc);
+
 /// Raw deflate of one chunk, primed with `dict`; sync-flushed, or finished if `last`.
-fn deflate_chunk(chunk: &[u8], dict: &[u8], last: bool) -> std::io::Result<(Vec<u8>, Crc)> {
+fn deflate_chunk(chunk: &[u8], dict: &[u8], last: bool) -> std::io::Result<Piece> {
     let mut c = Compress::new(Compression::new(LEVEL), false);
     if !dict.is_empty() {
         c.set_dictionary(dict).map_err(std::io::Error::other)?;
