@@ -30,7 +30,12 @@ pub fn segment_file_name(first_seq: u64) -> String {
 }
 
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let stem = name.strip_suffix(".seg")?;
+    parse_numbered(name, ".seg")
+}
+
+/// The first sequence number in a segment file's name: 20 digits, then `ext`.
+pub fn parse_numbered(name: &str, ext: &str) -> Option<u64> {
+    let stem = name.strip_suffix(ext)?;
     if stem.len() != 20 || !stem.bytes().all(|c| c.is_ascii_digit()) {
         return None;
     }

@@ -789,25 +789,9 @@ impl EventLog {
     /// under way is abandoned; the plain segment stays). Every acknowledged append was already
     /// synced, so nothing more needs flushing.
     pub fn close(&self) {
-        if let Ok(mut q) = self.inner.queue.lock() {
-            q.take();
-        }
-        let handle = self.inner.writer.lock().ok().and_then(|mut w| w.take());
-        if let Some(h) = handle
-            && h.join().is_err()
-        {
-            tracing::error!("event log writer thread panicked");
-        }
+        stop_thread(&self.inner.queue, &self.inner.writer, "writer");
         self.inner.closing.store(true, Ordering::Release);
-        if let Ok(mut q) = self.inner.pack_queue.lock() {
-            q.take();
-        }
-        let handle = self.inner.packer.lock().ok().and_then(|mut p| p.take());
-        if let Some(h) = handle
-            && h.join().is_err()
-        {
-            tracing::error!("event log packer thread panicked");
-        }
+        stop_thread(&self.inner.pack_queue, &self.inner.packer, "packer");
     }
 
     /// Waits until every sealed segment is packed (tests and benchmarks). Returns at once when
@@ -829,6 +813,23 @@ impl EventLog {
                 _ => return false,
             }
         }
+    }
+}
+
+/// Closes a thread's queue, then waits for the thread to finish what it holds.
+fn stop_thread<T>(
+    queue: &Mutex<Option<mpsc::Sender<T>>>,
+    thread: &Mutex<Option<JoinHandle<()>>>,
+    name: &str,
+) {
+    if let Ok(mut q) = queue.lock() {
+        q.take();
+    }
+    let handle = thread.lock().ok().and_then(|mut t| t.take());
+    if let Some(h) = handle
+        && h.join().is_err()
+    {
+        tracing::error!(thread = name, "event log thread panicked");
     }
 }
 

@@ -47,11 +47,7 @@ pub fn file_name(first_seq: u64) -> String {
 }
 
 pub fn parse_file_name(name: &str) -> Option<u64> {
-    let stem = name.strip_suffix(".zseg")?;
-    if stem.len() != 20 || !stem.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    stem.parse().ok()
+    crate::format::parse_numbered(name, ".zseg")
 }
 
 /// The fixed header of a packed segment.

@@ -289,6 +289,15 @@ fn packed_config(dir: &Path) -> LogConfig {
     config
 }
 
+/// A log with small segments and packing off, holding events `0..n`.
+async fn unpacked_with_events(dir: &Path, n: u64) -> (LogConfig, EventLog) {
+    let mut config = packed_config(dir);
+    config.pack_level = None;
+    let (log, _) = EventLog::open(config.clone()).expect("open");
+    write_events(&log, n).await;
+    (config, log)
+}
+
 fn files_with(dir: &Path, ext: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .expect("dir")
@@ -366,10 +375,7 @@ async fn sealed_segments_are_packed_smaller_and_read_back_the_same() {
 #[tokio::test]
 async fn packing_left_half_done_by_a_crash_is_finished_or_undone_on_open() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = packed_config(dir.path());
-    config.pack_level = None;
-    let (log, _) = EventLog::open(config.clone()).expect("open");
-    write_events(&log, 300).await;
+    let (mut config, log) = unpacked_with_events(dir.path(), 300).await;
     log.close();
     let plain = files_with(dir.path(), ".seg");
     assert!(plain.len() >= 3);
@@ -612,10 +618,7 @@ fn torn_cut(clean: &[u8]) -> usize {
 #[tokio::test]
 async fn readers_start_at_the_frame_holding_their_sequence() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = packed_config(dir.path());
-    config.pack_level = None;
-    let (log, _) = EventLog::open(config.clone()).expect("open");
-    write_events(&log, 300).await;
+    let (config, log) = unpacked_with_events(dir.path(), 300).await;
     let check = |log: &EventLog| {
         for start in [0, 1, 6, 7, 8, 100, 150, 299] {
             let got = log.reader(start).read(3).expect("read");
