@@ -1038,19 +1038,29 @@ fn pack_segment(inner: &Inner, first: u64) -> Result<bool, LogError> {
     };
     let started = std::time::Instant::now();
     let plain_len = seg.file.metadata().map_err(io_err(&seg.path))?.len();
-    // One record in `step` is sampled, so that about SAMPLE_BUDGET bytes are sampled.
-    let step = (plain_len / packed::SAMPLE_BUDGET).max(1);
-    let mut samples = Vec::new();
-    let mut sizes = Vec::new();
-    let mut n = 0u64;
-    each_record(&seg, |_, _, _, _, json| {
-        if n.is_multiple_of(step) {
-            samples.extend_from_slice(json);
-            sizes.push(json.len());
-        }
-        n += 1;
-        Ok(())
+    // One record in `step` is sampled, so that about SAMPLE_BUDGET bytes are sampled. They are
+    // read at their positions (the writer kept them for a segment it sealed), so only the
+    // compression pass below reads the whole segment.
+    let Body::Plain(lock) = &seg.body else {
+        return Ok(false);
+    };
+    let step = usize::try_from(plain_len / packed::SAMPLE_BUDGET)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let picks: Vec<(u64, u32)> = plain_positions(&seg, lock, |p| {
+        p.records.iter().step_by(step).copied().collect()
     })?;
+    let mut samples = vec![0u8; picks.iter().map(|(_, len)| *len as usize).sum()];
+    let mut sizes = Vec::with_capacity(picks.len());
+    let mut at = 0;
+    for (offset, len) in picks {
+        let len = len as usize;
+        seg.file
+            .read_exact_at(&mut samples[at..at + len], offset)
+            .map_err(io_err(&seg.path))?;
+        sizes.push(len);
+        at += len;
+    }
     let dict = packed::train(&samples, &sizes, plain_len);
     drop(samples);
     let dir = &inner.config.dir;
