@@ -315,6 +315,30 @@ impl OpenTrail {
         self.metric("opentrail_index_lag")
     }
 
+    /// Waits until the background work of what was ingested is done: the history index and
+    /// the Insights counters have every record and no sealed log segment waits for packing.
+    /// What a suite times after this is its own work, not a view catching up beside it.
+    fn settle(&self, limit: Duration) -> anyhow::Result<()> {
+        let t = Instant::now();
+        loop {
+            let busy: u64 = [
+                "opentrail_index_lag",
+                "opentrail_insights_lag",
+                "opentrail_log_segments_unpacked",
+            ]
+            .iter()
+            .map(|m| self.metric(m))
+            .sum::<anyhow::Result<u64>>()?;
+            if busy == 0 {
+                return Ok(());
+            }
+            if t.elapsed() > limit {
+                bail!("the server's background work did not settle in {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn metric(&self, name: &str) -> anyhow::Result<u64> {
         let text = self
             .send("GET", "opentrail", "/metrics", &[], b"")?

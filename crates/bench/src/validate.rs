@@ -235,6 +235,31 @@ pub(crate) fn run(seed: u64, target_json_mb: u64, root: &Path, now_s: i64) -> an
         )),
     )?;
     rows.push(("`cat files | gzip -dc | sha256sum`".into(), took));
+    // A digest lists the SHA-256 of each file's JSON, so a validator hashes the JSON, not the
+    // gzip: `sha256sum` over the same JSON, unpacked beforehand (not timed), is that work alone.
+    let plain = dir.join("json");
+    std::fs::create_dir_all(&plain)?;
+    let mut unpacked = Vec::new();
+    for (i, gz) in logs.iter().enumerate() {
+        let to = plain.join(format!("{i}.json"));
+        let json = opentrail_delivery::digest::gunzip_member(&std::fs::read(gz)?)
+            .map_err(|e| anyhow::anyhow!("unpacking {}: {e:?}", gz.display()))?;
+        std::fs::write(&to, json)?;
+        unpacked.push(to.to_string_lossy().into_owned());
+    }
+    let plain_list = dir.join("json-files.txt");
+    std::fs::write(&plain_list, unpacked.join("\n"))?;
+    let (took, _) = timed(
+        "sha256sum of the JSON",
+        Command::new("sh").arg("-c").arg(format!(
+            "xargs -a '{}' -d '\\n' sha256sum > /dev/null",
+            plain_list.display()
+        )),
+    )?;
+    rows.push((
+        "`sha256sum` of the same JSON, unpacked beforehand".into(),
+        took,
+    ));
     ot.stop()?;
 
     let ours = rows[0].1.as_secs_f64();

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::mpsc;
 
 use flate2::write::GzEncoder;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
@@ -47,15 +48,30 @@ struct Part {
     records: usize,
     oldest: Option<i64>,
     newest: Option<i64>,
+    /// Its gzip, under way.
+    member: Member,
 }
 
 const HEAD: &[u8] = b"{\"Records\":[";
 const TAIL: &[u8] = b"]}";
 
-/// Collects routed records into files. Records are kept in log order within a file.
-#[derive(Default)]
+/// Collects routed records into files, and compresses each file's full chunks while records are
+/// still coming. Records are kept in log order within a file.
 pub struct FileBuilder {
     groups: BTreeMap<Route, Vec<Part>>,
+    threads: usize,
+    /// Started with the first full chunk: small plans never start threads.
+    workers: Option<Workers>,
+}
+
+impl Default for FileBuilder {
+    fn default() -> Self {
+        Self {
+            groups: BTreeMap::new(),
+            threads: cores(),
+            workers: None,
+        }
+    }
 }
 
 impl FileBuilder {
@@ -63,8 +79,9 @@ impl FileBuilder {
         Self::default()
     }
 
-    /// Adds a record (its JSON and event time) to its route's current file.
-    pub fn push(&mut self, route: Route, record_json: &[u8], event_ms: i64) {
+    /// Adds a record (its JSON and event time) to its route's current file. Fails only if the
+    /// compression threads cannot be started.
+    pub fn push(&mut self, route: Route, record_json: &[u8], event_ms: i64) -> std::io::Result<()> {
         let parts = self.groups.entry(route).or_default();
         let fits = parts.last().is_some_and(|p| {
             p.records == 0 || p.json.len() + record_json.len() + 1 + TAIL.len() <= MAX_FILE_JSON
@@ -77,17 +94,27 @@ impl FileBuilder {
                 records: 0,
                 oldest: None,
                 newest: None,
+                member: Member::default(),
             });
         }
-        if let Some(p) = parts.last_mut() {
-            if p.records > 0 {
-                p.json.push(b',');
-            }
-            p.json.extend_from_slice(record_json);
-            p.records += 1;
-            p.oldest = Some(p.oldest.map_or(event_ms, |o| o.min(event_ms)));
-            p.newest = Some(p.newest.map_or(event_ms, |n| n.max(event_ms)));
+        let Some(p) = parts.last_mut() else {
+            return Ok(());
+        };
+        if p.records > 0 {
+            p.json.push(b',');
         }
+        p.json.extend_from_slice(record_json);
+        p.records += 1;
+        p.oldest = Some(p.oldest.map_or(event_ms, |o| o.min(event_ms)));
+        p.newest = Some(p.newest.map_or(event_ms, |n| n.max(event_ms)));
+        if self.threads >= 2 && p.json.len() - p.member.sent > CHUNK {
+            let workers = match &mut self.workers {
+                Some(w) => w,
+                slot => slot.insert(Workers::new(self.threads)?),
+            };
+            p.member.feed(workers, &p.json)?;
+        }
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -100,6 +127,12 @@ impl FileBuilder {
         for (route, parts) in self.groups {
             for (i, mut part) in parts.into_iter().enumerate() {
                 part.json.extend_from_slice(TAIL);
+                let body = match &self.workers {
+                    Some(w) if !part.member.pieces.is_empty() => {
+                        part.member.finish(w, &part.json)?
+                    }
+                    _ => gzip(&part.json)?,
+                };
                 let id = FileIdentity {
                     trail_arn: naming.trail_arn,
                     account: &route.account,
@@ -112,7 +145,7 @@ impl FileBuilder {
                 let key = object_key(naming.key_prefix, naming.org_id, &id, naming.time_ms);
                 out.push(LogFile {
                     key,
-                    body: gzip(&part.json)?.into(),
+                    body: body.into(),
                     records: part.records,
                     json_bytes: part.json.len(),
                     sha256: crate::digest::sha256_hex(&part.json),
@@ -134,61 +167,161 @@ const CHUNK: usize = 1 << 20;
 const WINDOW: usize = 32 * 1024;
 
 /// One gzip member at level 6 (what `gzip -6` writes, and what CloudTrail's validator expects:
-/// it inflates one member only). Input over two chunks is compressed on up to as many threads as
-/// the machine has cores, pigz's way: each 1 MiB chunk is raw deflate primed with the 32 KiB
-/// before it and ends on a sync flush (the last one finishes the stream), so the pieces join
-/// into one deflate stream; the CRC-32s of the chunks are combined.
+/// it inflates one member only). Input over two chunks is compressed on as many threads as the
+/// machine has cores (see [`Member`]).
 pub fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    gzip_on(data, threads)
+    gzip_on(data, cores())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn gzip_on(data: &[u8], threads: usize) -> std::io::Result<Vec<u8>> {
     if threads < 2 || data.len() < 2 * CHUNK {
-        let mut enc = GzEncoder::new(
-            Vec::with_capacity(data.len() / 8 + 64),
-            Compression::new(LEVEL),
-        );
-        enc.write_all(data)?;
-        return enc.finish();
+        return gzip_serial(data);
     }
-    let chunks: Vec<&[u8]> = data.chunks(CHUNK).collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let done: Vec<std::sync::Mutex<Option<std::io::Result<Piece>>>> =
-        chunks.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..threads.min(chunks.len()) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(chunk) = chunks.get(i) else { break };
-                    let start = i * CHUNK;
-                    let dict = &data[start.saturating_sub(WINDOW)..start];
-                    let result = deflate_chunk(chunk, dict, i + 1 == chunks.len());
-                    if let Ok(mut slot) = done[i].lock() {
-                        *slot = Some(result);
-                    }
-                }
-            });
+    let workers = Workers::new(threads)?;
+    let mut member = Member::default();
+    member.feed(&workers, data)?;
+    member.finish(&workers, data)
+}
+
+fn gzip_serial(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut enc = GzEncoder::new(
+        Vec::with_capacity(data.len() / 8 + 64),
+        Compression::new(LEVEL),
+    );
+    enc.write_all(data)?;
+    enc.finish()
+}
+
+/// A gzip member compressed pigz's way while its input is still being written: each full 1 MiB
+/// chunk goes to the compression threads as soon as it exists, as raw deflate primed with the
+/// 32 KiB before it and ended by a sync flush (the last chunk finishes the stream), so the
+/// pieces join into one deflate stream; the chunks' CRC-32s are combined. Compressing a file
+/// thus overlaps reading and routing its records.
+#[derive(Default)]
+struct Member {
+    /// Input bytes handed to the workers so far.
+    sent: usize,
+    /// The pieces, in input order.
+    pieces: Vec<mpsc::Receiver<std::io::Result<Piece>>>,
+}
+
+impl Member {
+    /// Hands out every full chunk of `data` (the input so far) not yet sent. The bytes after
+    /// the last full chunk wait: more input may follow.
+    fn feed(&mut self, workers: &Workers, data: &[u8]) -> std::io::Result<()> {
+        while data.len() - self.sent > CHUNK {
+            self.pieces
+                .push(workers.submit(data, self.sent, self.sent + CHUNK, false)?);
+            self.sent += CHUNK;
         }
-    });
-    // Header: deflate, no flags, no time, no extra flags, unknown OS (as flate2 writes it).
-    let mut out = Vec::with_capacity(data.len() / 6 + 64);
-    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
-    let mut crc = Crc::new();
-    for slot in done {
-        let piece = slot
-            .into_inner()
-            .ok()
-            .flatten()
-            .ok_or_else(|| std::io::Error::other("a compression thread failed"))??;
-        out.extend_from_slice(&piece.0);
-        crc.combine(&piece.1);
+        Ok(())
     }
-    out.extend_from_slice(&crc.sum().to_le_bytes());
-    // ISIZE: the input length modulo 2^32.
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    Ok(out)
+
+    /// Sends the rest of `data` (the whole input) as the last chunk and joins the pieces.
+    fn finish(mut self, workers: &Workers, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        self.pieces
+            .push(workers.submit(data, self.sent, data.len(), true)?);
+        // Header: deflate, no flags, no time, no extra flags, unknown OS (as flate2 writes it).
+        let mut out = Vec::with_capacity(data.len() / 6 + 64);
+        out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+        let mut crc = Crc::new();
+        for piece in self.pieces {
+            let (deflated, piece_crc) = piece
+                .recv()
+                .map_err(|_| std::io::Error::other("a compression thread failed"))??;
+            out.extend_from_slice(&deflated);
+            crc.combine(&piece_crc);
+        }
+        out.extend_from_slice(&crc.sum().to_le_bytes());
+        // ISIZE: the input length modulo 2^32.
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        Ok(out)
+    }
+}
+
+/// A chunk to compress: its input with the window before it in front, and where its answer goes.
+struct Job {
+    input: Vec<u8>,
+    dict_len: usize,
+    last: bool,
+    done: mpsc::Sender<std::io::Result<Piece>>,
+}
+
+/// Compression threads fed through a bounded queue: when they fall behind, the thread
+/// producing the input waits instead of piling up chunks. Dropping it ends the threads after
+/// the work queued.
+struct Workers {
+    jobs: Option<mpsc::SyncSender<Job>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn new(threads: usize) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel::<Job>(threads * 2);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let mut handles = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let rx = std::sync::Arc::clone(&rx);
+            handles.push(
+                std::thread::Builder::new()
+                    .name("opentrail-gzip".into())
+                    .spawn(move || {
+                        loop {
+                            let job = match rx.lock() {
+                                Ok(queue) => queue.recv(),
+                                Err(_) => return,
+                            };
+                            let Ok(job) = job else { return };
+                            let (dict, chunk) = job.input.split_at(job.dict_len);
+                            // The producer may have given up; its answer is then not wanted.
+                            let _ = job.done.send(deflate_chunk(chunk, dict, job.last));
+                        }
+                    })?,
+            );
+        }
+        Ok(Self {
+            jobs: Some(tx),
+            threads: handles,
+        })
+    }
+
+    /// Queues `data[start..end]` (primed with the window before `start`); the receiver gets
+    /// its piece.
+    fn submit(
+        &self,
+        data: &[u8],
+        start: usize,
+        end: usize,
+        last: bool,
+    ) -> std::io::Result<mpsc::Receiver<std::io::Result<Piece>>> {
+        let from = start.saturating_sub(WINDOW);
+        let (done, piece) = mpsc::channel();
+        let job = Job {
+            input: data[from..end].to_vec(),
+            dict_len: start - from,
+            last,
+            done,
+        };
+        self.jobs
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("compression threads stopped"))?
+            .send(job)
+            .map_err(|_| std::io::Error::other("compression threads stopped"))?;
+        Ok(piece)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.jobs.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// One compressed chunk: its deflate bytes and the CRC-32 of its input.
@@ -306,9 +439,10 @@ mod tests {
     #[test]
     fn one_file_per_region_with_the_records_verbatim() {
         let mut b = FileBuilder::new();
-        b.push(route("us-east-1"), br#"{"a":1}"#, 5);
-        b.push(route("eu-west-1"), br#"{"b":2}"#, 1);
-        b.push(route("us-east-1"), br#"{"c": [3]}"#, 3);
+        b.push(route("us-east-1"), br#"{"a":1}"#, 5).expect("push");
+        b.push(route("eu-west-1"), br#"{"b":2}"#, 1).expect("push");
+        b.push(route("us-east-1"), br#"{"c": [3]}"#, 3)
+            .expect("push");
         let files = b.finish(&naming()).expect("finish");
         assert_eq!(files.len(), 2);
         let east = files
@@ -329,9 +463,52 @@ mod tests {
         assert!(east.key.contains("/CloudTrail/us-east-1/2015/08/01/"));
         // Replaying the same plan names the same files.
         let mut again = FileBuilder::new();
-        again.push(route("us-east-1"), br#"{"a":1}"#, 5);
+        again
+            .push(route("us-east-1"), br#"{"a":1}"#, 5)
+            .expect("push");
         let again = again.finish(&naming()).expect("finish");
         assert_eq!(again[0].key, east.key);
+    }
+
+    /// Files compressed chunk by chunk while records arrive, interleaved between two routes,
+    /// are each one gzip member holding exactly the records' JSON, on any number of threads.
+    #[test]
+    fn files_compressed_while_records_arrive_are_one_member_each() {
+        let records: Vec<Vec<u8>> = (0..60_000)
+            .map(|i| {
+                let mut r = sample(1 + i % 5);
+                r.pop();
+                r
+            })
+            .collect();
+        for threads in [1, 2, 3] {
+            let mut b = FileBuilder {
+                threads,
+                ..FileBuilder::default()
+            };
+            let mut want: BTreeMap<String, Vec<&[u8]>> = BTreeMap::new();
+            for (i, r) in records.iter().enumerate() {
+                let region = if i % 3 == 0 { "eu-west-1" } else { "us-east-1" };
+                b.push(route(region), r, 0).expect("push");
+                want.entry(region.to_owned()).or_default().push(r);
+            }
+            assert_eq!(b.workers.is_some(), threads > 1, "{threads} threads");
+            let files = b.finish(&naming()).expect("finish");
+            assert_eq!(files.len(), 2);
+            for f in files {
+                let mut json = HEAD.to_vec();
+                json.extend_from_slice(&want[&f.route.region].join(&b',')[..]);
+                json.extend_from_slice(TAIL);
+                assert!(json.len() > 2 * CHUNK, "files span several chunks");
+                let mut dec = flate2::bufread::GzDecoder::new(&f.body[..]);
+                let mut back = Vec::new();
+                dec.read_to_end(&mut back).expect("inflate");
+                assert!(back == json, "{} on {threads} threads", f.route.region);
+                assert!(dec.into_inner().is_empty(), "one member, nothing after it");
+                assert_eq!(f.sha256, crate::digest::sha256_hex(&json));
+                assert_eq!(f.json_bytes, json.len());
+            }
+        }
     }
 
     #[test]
@@ -339,7 +516,7 @@ mod tests {
         let mut b = FileBuilder::new();
         let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(10_000_000)).into_bytes();
         for _ in 0..6 {
-            b.push(route("us-east-1"), &big, 0);
+            b.push(route("us-east-1"), &big, 0).expect("push");
         }
         let files = b.finish(&naming()).expect("finish");
         assert_eq!(files.len(), 2);

@@ -917,7 +917,7 @@ fn prepare(
                     message: e.to_string(),
                 })?;
             if let Some(route) = route {
-                builder.push(route, &r.json, r.time_ms);
+                builder.push(route, &r.json, r.time_ms)?;
             }
         }
     }

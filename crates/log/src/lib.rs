@@ -794,25 +794,31 @@ impl EventLog {
         stop_thread(&self.inner.pack_queue, &self.inner.packer, "packer");
     }
 
+    /// How many sealed segments are still plain, waiting for the packer (0 when packing is
+    /// off: nothing waits).
+    pub fn unpacked_segments(&self) -> usize {
+        if self.inner.config.pack_level.is_none() {
+            return 0;
+        }
+        self.inner.segments.read().map_or(0, |segs| {
+            let last = segs.keys().next_back().copied();
+            segs.iter()
+                .filter(|(first, s)| Some(**first) != last && matches!(s.body, Body::Plain(_)))
+                .count()
+        })
+    }
+
     /// Waits until every sealed segment is packed (tests and benchmarks). Returns at once when
     /// packing is off.
     pub fn wait_packed(&self, timeout: std::time::Duration) -> bool {
         let start = std::time::Instant::now();
-        loop {
-            let plain_sealed = self.inner.segments.read().map(|segs| {
-                let last = segs.keys().next_back().copied();
-                segs.iter()
-                    .any(|(first, s)| Some(*first) != last && matches!(s.body, Body::Plain(_)))
-            });
-            match plain_sealed {
-                Ok(false) => return true,
-                Ok(true) if self.inner.config.pack_level.is_none() => return true,
-                Ok(true) if start.elapsed() < timeout => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                _ => return false,
+        while self.unpacked_segments() > 0 {
+            if start.elapsed() >= timeout {
+                return false;
             }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        true
     }
 }
 

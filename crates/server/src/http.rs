@@ -141,6 +141,19 @@ pub(crate) async fn metrics(
         end.next_seq.saturating_sub(cursor),
     );
     metric(
+        "opentrail_log_segments_unpacked",
+        "Sealed log segments waiting to be packed.",
+        "gauge",
+        app.log.unpacked_segments() as u64,
+    );
+    let counted = app.counters.cursor().unwrap_or(0);
+    metric(
+        "opentrail_insights_lag",
+        "Records durable in the log but not yet in the Insights counters.",
+        "gauge",
+        end.next_seq.saturating_sub(counted),
+    );
+    metric(
         "opentrail_log_poisoned",
         "1 if the event log refuses writes after a failure.",
         "gauge",
