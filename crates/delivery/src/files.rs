@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::mpsc;
+use std::sync::{Arc, OnceLock, mpsc};
 
 use flate2::write::GzEncoder;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
@@ -60,8 +60,8 @@ const TAIL: &[u8] = b"]}";
 pub struct FileBuilder {
     groups: BTreeMap<Route, Vec<Part>>,
     threads: usize,
-    /// Started with the first full chunk: small plans never start threads.
-    workers: Option<Workers>,
+    /// Taken with the first full chunk: small plans never touch the compression threads.
+    workers: Option<Arc<Workers>>,
 }
 
 impl Default for FileBuilder {
@@ -80,7 +80,7 @@ impl FileBuilder {
     }
 
     /// Adds a record (its JSON and event time) to its route's current file. Fails only if the
-    /// compression threads cannot be started.
+    /// compression threads cannot be started or have stopped.
     pub fn push(&mut self, route: Route, record_json: &[u8], event_ms: i64) -> std::io::Result<()> {
         let parts = self.groups.entry(route).or_default();
         let fits = parts.last().is_some_and(|p| {
@@ -110,7 +110,7 @@ impl FileBuilder {
         if self.threads >= 2 && p.json.len() - p.member.sent > CHUNK {
             let workers = match &mut self.workers {
                 Some(w) => w,
-                slot => slot.insert(Workers::new(self.threads)?),
+                slot => slot.insert(pool(self.threads)?),
             };
             p.member.feed(workers, &p.json)?;
         }
@@ -121,17 +121,24 @@ impl FileBuilder {
         self.groups.is_empty()
     }
 
-    /// Compresses every file and names it.
-    pub fn finish(self, naming: &Naming<'_>) -> std::io::Result<Vec<LogFile>> {
+    /// Compresses every file and names it. Every file's last chunk is queued before any file
+    /// is joined, so the threads are not left idle between files.
+    pub fn finish(mut self, naming: &Naming<'_>) -> std::io::Result<Vec<LogFile>> {
+        for part in self.groups.values_mut().flatten() {
+            part.json.extend_from_slice(TAIL);
+            if let Some(w) = &self.workers
+                && !part.member.pieces.is_empty()
+            {
+                part.member.close(w, &part.json)?;
+            }
+        }
         let mut out = Vec::new();
         for (route, parts) in self.groups {
-            for (i, mut part) in parts.into_iter().enumerate() {
-                part.json.extend_from_slice(TAIL);
-                let body = match &self.workers {
-                    Some(w) if !part.member.pieces.is_empty() => {
-                        part.member.finish(w, &part.json)?
-                    }
-                    _ => gzip(&part.json)?,
+            for (i, part) in parts.into_iter().enumerate() {
+                let body = if part.member.pieces.is_empty() {
+                    gzip_on(&part.json, self.threads)?
+                } else {
+                    part.member.join(&part.json)?
                 };
                 let id = FileIdentity {
                     trail_arn: naming.trail_arn,
@@ -167,8 +174,8 @@ const CHUNK: usize = 1 << 20;
 const WINDOW: usize = 32 * 1024;
 
 /// One gzip member at level 6 (what `gzip -6` writes, and what CloudTrail's validator expects:
-/// it inflates one member only). Input over two chunks is compressed on as many threads as the
-/// machine has cores (see [`Member`]).
+/// it inflates one member only). Input of two chunks or more is compressed on a thread per core
+/// (see [`Member`]).
 pub fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     gzip_on(data, cores())
 }
@@ -181,10 +188,26 @@ fn gzip_on(data: &[u8], threads: usize) -> std::io::Result<Vec<u8>> {
     if threads < 2 || data.len() < 2 * CHUNK {
         return gzip_serial(data);
     }
-    let workers = Workers::new(threads)?;
+    let workers = pool(threads)?;
     let mut member = Member::default();
     member.feed(&workers, data)?;
-    member.finish(&workers, data)
+    member.close(&workers, data)?;
+    member.join(data)
+}
+
+/// The compression threads: the process's one pool of a thread per core, shared by every
+/// trail's delivery, or (tests) a pool of its own for another thread count.
+fn pool(threads: usize) -> std::io::Result<Arc<Workers>> {
+    static SHARED: OnceLock<Arc<Workers>> = OnceLock::new();
+    if threads != cores() {
+        return Ok(Arc::new(Workers::new(threads)?));
+    }
+    if let Some(w) = SHARED.get() {
+        return Ok(Arc::clone(w));
+    }
+    // Two first callers may both start a pool; the one not kept ends when dropped.
+    let started = Arc::new(Workers::new(threads)?);
+    Ok(Arc::clone(SHARED.get_or_init(|| started)))
 }
 
 fn gzip_serial(data: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -221,10 +244,16 @@ impl Member {
         Ok(())
     }
 
-    /// Sends the rest of `data` (the whole input) as the last chunk and joins the pieces.
-    fn finish(mut self, workers: &Workers, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    /// Sends the rest of `data` (the whole input) as the last chunk.
+    fn close(&mut self, workers: &Workers, data: &[u8]) -> std::io::Result<()> {
         self.pieces
             .push(workers.submit(data, self.sent, data.len(), true)?);
+        self.sent = data.len();
+        Ok(())
+    }
+
+    /// Joins the pieces of a closed member (`data` is the whole input) into the gzip file.
+    fn join(self, data: &[u8]) -> std::io::Result<Vec<u8>> {
         // Header: deflate, no flags, no time, no extra flags, unknown OS (as flate2 writes it).
         let mut out = Vec::with_capacity(data.len() / 6 + 64);
         out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
@@ -277,8 +306,14 @@ impl Workers {
                             };
                             let Ok(job) = job else { return };
                             let (dict, chunk) = job.input.split_at(job.dict_len);
+                            // A panic fails this chunk's file, not the shared thread.
+                            let piece =
+                                std::panic::catch_unwind(|| deflate_chunk(chunk, dict, job.last))
+                                    .unwrap_or_else(|_| {
+                                        Err(std::io::Error::other("compressing a chunk panicked"))
+                                    });
                             // The producer may have given up; its answer is then not wanted.
-                            let _ = job.done.send(deflate_chunk(chunk, dict, job.last));
+                            let _ = job.done.send(piece);
                         }
                     })?,
             );
@@ -508,6 +543,37 @@ mod tests {
                 assert_eq!(f.sha256, crate::digest::sha256_hex(&json));
                 assert_eq!(f.json_bytes, json.len());
             }
+        }
+    }
+
+    /// A member fed while its input grows, with the input ending just below, at and just
+    /// past chunk boundaries, joins into exactly its input.
+    #[test]
+    fn a_member_fed_as_it_grows_holds_its_input_exactly() {
+        let all = sample(3 * CHUNK / 40 + 100);
+        for len in [
+            CHUNK + 1,
+            2 * CHUNK - 1,
+            2 * CHUNK,
+            2 * CHUNK + 1,
+            3 * CHUNK,
+        ] {
+            let data = &all[..len];
+            let workers = Workers::new(2).expect("threads");
+            let mut m = Member::default();
+            let mut at = 0;
+            while at < len {
+                at = (at + 77_777).min(len);
+                m.feed(&workers, &data[..at]).expect("feed");
+                assert!(m.sent < at, "bytes are held back for the last chunk");
+            }
+            m.close(&workers, data).expect("close");
+            let gz = m.join(data).expect("join");
+            let mut dec = flate2::bufread::GzDecoder::new(&gz[..]);
+            let mut back = Vec::new();
+            dec.read_to_end(&mut back).expect("inflate");
+            assert!(back == data, "len {len}");
+            assert!(dec.into_inner().is_empty(), "len {len}: one member");
         }
     }
 
