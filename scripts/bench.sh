@@ -2,7 +2,7 @@
 # Runs the benchmark suite side by side with its peers and prints the tables:
 #
 #   scripts/bench.sh          quick mode (lookups on 300k stored events; under 10 minutes)
-#   scripts/bench.sh full     full mode (lookups on 1M and 10M stored events; hours, ~60 GB of disk)
+#   scripts/bench.sh full     full mode (lookups on 1M and 10M stored events; 85 minutes on 2 cores, ~40 GB of disk)
 #
 # Installs what the peers need on a fresh Debian machine: PostgreSQL's server and pigz (Debian's
 # packages), the Python venv with the AWS CLI (scripts/setup-venv.sh) plus DuckDB from PyPI, and
