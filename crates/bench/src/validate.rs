@@ -52,6 +52,23 @@ fn gz_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How long `sha256sum` takes over `files` (their list is written to `list`).
+fn sha256sum_all(list: &Path, files: &[PathBuf]) -> anyhow::Result<Duration> {
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    std::fs::write(list, names.join("\n"))?;
+    let (took, _) = timed(
+        "sha256sum",
+        Command::new("sh").arg("-c").arg(format!(
+            "xargs -a '{}' -d '\\n' sha256sum > /dev/null",
+            list.display()
+        )),
+    )?;
+    Ok(took)
+}
+
 fn timed(name: &str, cmd: &mut Command) -> anyhow::Result<(Duration, String)> {
     let t = Instant::now();
     let out = cmd
@@ -212,21 +229,10 @@ pub(crate) fn run(seed: u64, target_json_mb: u64, root: &Path, now_s: i64) -> an
     }
     rows.push(("AWS CLI v1 `cloudtrail validate-logs` (S3)".into(), took));
     let list = dir.join("files.txt");
-    std::fs::write(
-        &list,
-        logs.iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join("\n"),
-    )?;
-    let (took, _) = timed(
-        "sha256sum",
-        Command::new("sh").arg("-c").arg(format!(
-            "xargs -a '{}' -d '\\n' sha256sum > /dev/null",
-            list.display()
-        )),
-    )?;
-    rows.push(("`sha256sum` of the gzip files".into(), took));
+    rows.push((
+        "`sha256sum` of the gzip files".into(),
+        sha256sum_all(&list, &logs)?,
+    ));
     let (took, _) = timed(
         "gzip -dc | sha256sum",
         Command::new("sh").arg("-c").arg(format!(
@@ -245,20 +251,11 @@ pub(crate) fn run(seed: u64, target_json_mb: u64, root: &Path, now_s: i64) -> an
         let json = opentrail_delivery::digest::gunzip_member(&std::fs::read(gz)?)
             .map_err(|e| anyhow::anyhow!("unpacking {}: {e:?}", gz.display()))?;
         std::fs::write(&to, json)?;
-        unpacked.push(to.to_string_lossy().into_owned());
+        unpacked.push(to);
     }
-    let plain_list = dir.join("json-files.txt");
-    std::fs::write(&plain_list, unpacked.join("\n"))?;
-    let (took, _) = timed(
-        "sha256sum of the JSON",
-        Command::new("sh").arg("-c").arg(format!(
-            "xargs -a '{}' -d '\\n' sha256sum > /dev/null",
-            plain_list.display()
-        )),
-    )?;
     rows.push((
         "`sha256sum` of the same JSON, unpacked beforehand".into(),
-        took,
+        sha256sum_all(&dir.join("json-files.txt"), &unpacked)?,
     ));
     ot.stop()?;
 
