@@ -1,19 +1,22 @@
 //! The Insights evaluation harness: weeks of synthetic per-minute API traffic with known
 //! anomalies, run through our detector at each sensitivity and through a simple baseline
-//! (mean + 3σ of the trailing hour), scored against the ground truth.
+//! (mean + 3σ of the trailing hour), scored against the ground truth. Two reference rows show
+//! what is possible at all: a detector given each series' true rate and noise, with its
+//! threshold fitted on anomaly-free traffic to one or two false Insights per API and week.
 //!
 //! Traffic: every API has a rate with a daily cycle, a weekday/weekend factor (some APIs are
 //! busier at weekends) and gamma-Poisson noise; "quiet" APIs are called a few times a day in
 //! clumps; "noisy" APIs are strongly over-dispersed and have short natural flurries. Each API
 //! has an error series (a small share of its calls fail). Injected anomalies: call bursts
-//! (2×–20× for 1–60 minutes), error storms, slow ramps, level shifts, and traffic spikes that
+//! (3×–20× for 1–60 minutes), error storms, slow ramps, level shifts, and traffic spikes that
 //! keep the usual share of errors (a call-rate anomaly, and a trap for error-rate detection).
 //! Burst sizes are relative to the API's rate but at least one call a minute (a 5× burst on an
 //! API called twice a day is five calls a minute).
 //!
 //! For tuning: `OPENTRAIL_INSIGHTS_TRY="k,z,margin,min_excess,peak_rank;..."` replaces the
-//! rows with those parameter sets; `OPENTRAIL_INSIGHTS_DEBUG=1` adds false Insights by kind
-//! of API and recall per burst size and length.
+//! rows with those parameter sets (a single number `r` is the reference fitted to `r` false
+//! Insights per API-week); `OPENTRAIL_INSIGHTS_DEBUG=1` adds false Insights by kind of API,
+//! recall by kind of API, and recall per burst size and length.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -163,7 +166,10 @@ fn normal_minute(rng: &mut Rng, api: &Api, m: i64, clump: f64) -> (u32, u32) {
 }
 
 struct Scenario {
+    seed: u64,
     apis: Vec<Api>,
+    /// Each API's mean clump size (quiet APIs are called in clumps).
+    clumps: Vec<f64>,
     calls: Vec<Vec<u32>>,
     errors: Vec<Vec<u32>>,
     truth: Vec<Truth>,
@@ -179,8 +185,10 @@ fn generate(seed: u64, n_apis: usize, weeks: i64) -> Scenario {
     let mut calls = Vec::with_capacity(n_apis);
     let mut errors = Vec::with_capacity(n_apis);
     let mut truth = Vec::new();
+    let mut clumps = Vec::with_capacity(n_apis);
     for (i, api) in apis.iter().enumerate() {
         let clump = rng.random_range(1.0..6.0);
+        clumps.push(clump);
         let mut c = Vec::with_capacity(minutes as usize);
         let mut e = Vec::with_capacity(minutes as usize);
         for m in 0..minutes {
@@ -273,7 +281,9 @@ fn generate(seed: u64, n_apis: usize, weeks: i64) -> Scenario {
         errors.push(e);
     }
     Scenario {
+        seed,
         apis,
+        clumps,
         calls,
         errors,
         truth,
@@ -286,6 +296,128 @@ fn generate(seed: u64, n_apis: usize, weeks: i64) -> Scenario {
 enum Detector {
     Ours(Params),
     Simple(f64),
+    /// A reference given what no real detector has: each series' true expected count and
+    /// variance per minute (for an error series, given its calls), and a threshold fitted on a
+    /// second, anomaly-free run of the same series so that the API raises about this many
+    /// false Insights a week (half on each series). A detector that must learn the rate and
+    /// thresholds windowed counts should not expect to find what it misses at that rate.
+    Oracle(f64),
+}
+
+/// The windows the oracle sums over, in minutes.
+const ORACLE_WINDOWS: [usize; 5] = [1, 3, 5, 15, 60];
+
+/// The true mean and variance of a minute's normal calls.
+fn true_moments(api: &Api, m: i64, clump: f64) -> (f64, f64) {
+    let lambda = rate_at(api, m);
+    match api.kind {
+        // A Poisson number of sessions, each 1 + Poisson(clump - 1) calls.
+        Kind::Quiet => (lambda * clump, lambda * ((clump - 1.0) + clump * clump)),
+        Kind::Noisy => {
+            let flurry = if (m / 5) % 97 == (api.rate as i64) % 97 {
+                1.8
+            } else {
+                1.0
+            };
+            let l = lambda * flurry;
+            (l, l + l * l / api.shape)
+        }
+        _ => (lambda, lambda + lambda * lambda / api.shape),
+    }
+}
+
+/// The oracle's statistic per minute: the largest standardized excess over its windows.
+fn oracle_scores(series: &[u32], moments: &[(f64, f64)]) -> Vec<f64> {
+    let n = series.len();
+    let (mut px, mut pe, mut pv) = (vec![0.0; n + 1], vec![0.0; n + 1], vec![0.0; n + 1]);
+    for i in 0..n {
+        px[i + 1] = px[i] + f64::from(series[i]);
+        pe[i + 1] = pe[i] + moments[i].0;
+        pv[i + 1] = pv[i] + moments[i].1;
+    }
+    (0..n)
+        .map(|i| {
+            ORACLE_WINDOWS
+                .iter()
+                .filter(|w| **w <= i + 1)
+                .map(|w| {
+                    let a = i + 1 - w;
+                    let (x, e, v) = (px[i + 1] - px[a], pe[i + 1] - pe[a], pv[i + 1] - pv[a]);
+                    (x - e) / (v + 0.25).sqrt()
+                })
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect()
+}
+
+/// Episodes of `scores` over `tau` from minute `from`: Start on the first minute over it, End
+/// after five minutes under it (as the simple baseline).
+fn oracle_episodes(scores: &[f64], from: i64, tau: f64) -> Vec<Detection> {
+    let (mut active, mut calm, mut out) = (false, 0, Vec::new());
+    for (i, z) in scores
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(from).unwrap_or(0))
+    {
+        let over = *z > tau;
+        if !active && over {
+            active = true;
+            calm = 0;
+            out.push(Detection { decided: i as i64 });
+        } else if active {
+            calm = if over { 0 } else { calm + 1 };
+            if calm >= 5 {
+                active = false;
+            }
+        }
+    }
+    out
+}
+
+/// Runs the oracle over API `i`'s call series, or its error series.
+fn run_oracle(sc: &Scenario, i: usize, errors: bool, per_week: f64) -> Vec<Detection> {
+    let api = &sc.apis[i];
+    let clump = sc.clumps[i];
+    let moments = |calls: &[u32]| -> Vec<(f64, f64)> {
+        (0..calls.len())
+            .map(|m| {
+                if errors {
+                    let c = f64::from(calls[m]);
+                    let q = api.error_share;
+                    (c * q, c * q * (1.0 - q))
+                } else {
+                    true_moments(api, m as i64, clump)
+                }
+            })
+            .collect()
+    };
+    // A second, anomaly-free run of the same series fits the threshold.
+    let mut rng = Rng::seed_from_u64(sc.seed ^ 0x5eed_0ac1e ^ (i as u64) << 20);
+    let (mut cc, mut ce) = (Vec::new(), Vec::new());
+    for m in 0..sc.minutes {
+        let (a, b) = normal_minute(&mut rng, api, m, clump);
+        cc.push(a);
+        ce.push(b);
+    }
+    let clean = if errors { &ce } else { &cc };
+    let clean_scores = oracle_scores(clean, &moments(&cc));
+    let weeks = (sc.minutes - sc.eval_from) as f64 / (7.0 * MINUTES_PER_DAY as f64);
+    let allowed = (per_week * weeks).floor() as usize;
+    let (mut lo, mut hi) = (0.0f64, 1.0e4f64);
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        if oracle_episodes(&clean_scores, sc.eval_from, mid).len() > allowed {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let (series, calls) = if errors {
+        (&sc.errors[i], &sc.calls[i])
+    } else {
+        (&sc.calls[i], &sc.calls[i])
+    };
+    oracle_episodes(&oracle_scores(series, &moments(calls)), sc.eval_from, hi)
 }
 
 /// A detection: the minute the Start was decided, and the episode's first minute.
@@ -302,7 +434,7 @@ fn run_ours(series: &[u32], calls: Option<&[u32]>, from: i64, params: &Params) -
     for t in from.max(2)..len {
         if let Some((lo, hour)) = runner.needs(t, 0) {
             let (a, b) = (lo as usize, hour as usize);
-            runner.learn(lo, hour, &series[a..b], calls.map(|c| &c[a..b]));
+            runner.learn(lo, hour, &series[a..b], calls.map(|c| &c[a..b]), params);
         }
         let i = t as usize;
         let a = (i + 1).saturating_sub(HISTORY);
@@ -353,7 +485,8 @@ fn run_simple(series: &[u32], from: i64, k: f64) -> Vec<Detection> {
 struct Score {
     detections: usize,
     false_positives: usize,
-    fp_per_series: Vec<usize>,
+    /// False Insights of each API, its call-rate and error-rate series together.
+    fp_per_api: Vec<usize>,
     found: Found,
     strong_bursts: (usize, usize),
     delays: Vec<i64>,
@@ -365,6 +498,8 @@ struct Score {
     fp_by_week: BTreeMap<i64, usize>,
     /// Missed anomalies by kind of API, kind of anomaly, factor and length.
     missed: BTreeMap<String, usize>,
+    /// Anomalies found and injected by kind of API.
+    by_api: BTreeMap<String, (usize, usize)>,
 }
 
 /// Scores detections of one series against the truths that series should report.
@@ -390,7 +525,6 @@ fn score(s: &mut Score, api: Kind, dets: &[Detection], truths: &[&Truth], traps:
         }
     }
     s.false_positives += fp;
-    s.fp_per_series.push(fp);
     for t in truths {
         let first = dets
             .iter()
@@ -406,6 +540,9 @@ fn score(s: &mut Score, api: Kind, dets: &[Detection], truths: &[&Truth], traps:
             e.1 += 1;
             e.0 += usize::from(first.is_some());
         }
+        let e2 = s.by_api.entry(format!("{api:?}")).or_default();
+        e2.1 += 1;
+        e2.0 += usize::from(first.is_some());
         if first.is_none() {
             *s.missed
                 .entry(format!("{api:?} {:?}", t.anomaly))
@@ -422,6 +559,67 @@ fn score(s: &mut Score, api: Kind, dets: &[Detection], truths: &[&Truth], traps:
             }
         }
     }
+}
+
+/// Runs one detector over every series of the scenario and scores it.
+fn evaluate(sc: &Scenario, detector: &Detector) -> Score {
+    let mut s = Score::default();
+    for (i, _) in sc.apis.iter().enumerate() {
+        let api_before = s.false_positives;
+        let of = |pred: &dyn Fn(&Anomaly) -> bool| -> Vec<&Truth> {
+            sc.truth
+                .iter()
+                .filter(|t| t.api == i && pred(&t.anomaly))
+                .collect()
+        };
+        // Call-rate series: bursts, ramps, level shifts and traffic spikes are anomalies;
+        // error storms add calls too, so a call-rate Insight there is not false.
+        let call_truths = of(&|a| !matches!(a, Anomaly::ErrorStorm { .. }));
+        let call_extra = of(&|a| matches!(a, Anomaly::ErrorStorm { .. }));
+        let dets = match detector {
+            Detector::Ours(p) => run_ours(&sc.calls[i], None, sc.eval_from, p),
+            Detector::Simple(k) => run_simple(&sc.calls[i], sc.eval_from, *k),
+            Detector::Oracle(r) => run_oracle(sc, i, false, r / 2.0),
+        };
+        // Error storms counted on the call series would inflate recall: drop detections
+        // they explain before scoring.
+        let dets: Vec<Detection> = dets
+            .into_iter()
+            .filter(|d| {
+                !call_extra
+                    .iter()
+                    .any(|t| d.decided >= t.start && d.decided < t.end + SLACK)
+            })
+            .collect();
+        let before = s.false_positives;
+        score(&mut s, sc.apis[i].kind, &dets, &call_truths, &[]);
+        *s.fp_by_kind
+            .entry(format!("{:?} calls", sc.apis[i].kind))
+            .or_default() += s.false_positives - before;
+        // Error series: only error storms; traffic spikes are traps.
+        let err_truths = of(&|a| matches!(a, Anomaly::ErrorStorm { .. }));
+        let traps = of(&|a| matches!(a, Anomaly::TrafficSpike { .. }));
+        let dets = match detector {
+            Detector::Ours(p) => run_ours(&sc.errors[i], Some(&sc.calls[i]), sc.eval_from, p),
+            Detector::Simple(k) => run_simple(&sc.errors[i], sc.eval_from, *k),
+            Detector::Oracle(r) => run_oracle(sc, i, true, r / 2.0),
+        };
+        let dets: Vec<Detection> = dets
+            .into_iter()
+            .filter(|d| {
+                !of(&|a| !matches!(a, Anomaly::ErrorStorm { .. } | Anomaly::TrafficSpike { .. }))
+                    .iter()
+                    .any(|t| d.decided >= t.start && d.decided < t.end + SLACK)
+            })
+            .collect();
+        let before = s.false_positives;
+        score(&mut s, sc.apis[i].kind, &dets, &err_truths, &traps);
+        *s.fp_by_kind
+            .entry(format!("{:?} errors", sc.apis[i].kind))
+            .or_default() += s.false_positives - before;
+        s.fp_per_api.push(s.false_positives - api_before);
+    }
+    s
 }
 
 fn median(v: &mut [i64]) -> f64 {
@@ -477,13 +675,23 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
             "mean + 10σ of the trailing hour".into(),
             Detector::Simple(10.0),
         ),
+        (
+            "reference: true rates, fitted to 1 false / API-week".into(),
+            Detector::Oracle(1.0),
+        ),
+        (
+            "reference: true rates, fitted to 2 false / API-week".into(),
+            Detector::Oracle(2.0),
+        ),
     ];
     let mut detectors = detectors;
     if let Ok(v) = std::env::var("OPENTRAIL_INSIGHTS_TRY") {
         detectors.clear();
         for spec in v.split(';') {
             let f: Vec<f64> = spec.split(',').filter_map(|x| x.parse().ok()).collect();
-            if let [k, z, margin, min_excess, rank] = f[..] {
+            if let [rate] = f[..] {
+                detectors.push((format!("oracle {rate}"), Detector::Oracle(rate)));
+            } else if let [k, z, margin, min_excess, rank] = f[..] {
                 detectors.push((
                     format!("try {spec}"),
                     Detector::Ours(Params {
@@ -503,70 +711,46 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut per_kind: Vec<(String, Found)> = Vec::new();
-    for (name, detector) in &detectors {
-        let t0 = Instant::now();
-        let mut s = Score::default();
-        for (i, _) in sc.apis.iter().enumerate() {
-            let of = |pred: &dyn Fn(&Anomaly) -> bool| -> Vec<&Truth> {
-                sc.truth
-                    .iter()
-                    .filter(|t| t.api == i && pred(&t.anomaly))
-                    .collect()
-            };
-            // Call-rate series: bursts, ramps, level shifts and traffic spikes are anomalies;
-            // error storms add calls too, so a call-rate Insight there is not false.
-            let call_truths = of(&|a| !matches!(a, Anomaly::ErrorStorm { .. }));
-            let call_extra = of(&|a| matches!(a, Anomaly::ErrorStorm { .. }));
-            let dets = match detector {
-                Detector::Ours(p) => run_ours(&sc.calls[i], None, sc.eval_from, p),
-                Detector::Simple(k) => run_simple(&sc.calls[i], sc.eval_from, *k),
-            };
-            // Error storms counted on the call series would inflate recall: drop detections
-            // they explain before scoring.
-            let dets: Vec<Detection> = dets
-                .into_iter()
-                .filter(|d| {
-                    !call_extra
-                        .iter()
-                        .any(|t| d.decided >= t.start && d.decided < t.end + SLACK)
+    // Detectors run on every core; rows print in order.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<(Score, f64)>> = (0..detectors.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.min(detectors.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((_, detector)) = detectors.get(i) else {
+                            break;
+                        };
+                        let t0 = Instant::now();
+                        let s = evaluate(&sc, detector);
+                        done.push((i, s, t0.elapsed().as_secs_f64()));
+                    }
+                    done
                 })
-                .collect();
-            let before = s.false_positives;
-            score(&mut s, sc.apis[i].kind, &dets, &call_truths, &[]);
-            *s.fp_by_kind
-                .entry(format!("{:?} calls", sc.apis[i].kind))
-                .or_default() += s.false_positives - before;
-            // Error series: only error storms; traffic spikes are traps.
-            let err_truths = of(&|a| matches!(a, Anomaly::ErrorStorm { .. }));
-            let traps = of(&|a| matches!(a, Anomaly::TrafficSpike { .. }));
-            let dets = match detector {
-                Detector::Ours(p) => run_ours(&sc.errors[i], Some(&sc.calls[i]), sc.eval_from, p),
-                Detector::Simple(k) => run_simple(&sc.errors[i], sc.eval_from, *k),
-            };
-            let dets: Vec<Detection> = dets
-                .into_iter()
-                .filter(|d| {
-                    !of(&|a| {
-                        !matches!(a, Anomaly::ErrorStorm { .. } | Anomaly::TrafficSpike { .. })
-                    })
-                    .iter()
-                    .any(|t| d.decided >= t.start && d.decided < t.end + SLACK)
-                })
-                .collect();
-            let before = s.false_positives;
-            score(&mut s, sc.apis[i].kind, &dets, &err_truths, &traps);
-            *s.fp_by_kind
-                .entry(format!("{:?} errors", sc.apis[i].kind))
-                .or_default() += s.false_positives - before;
+            })
+            .collect();
+        for h in handles {
+            for (i, s, secs) in h.join().unwrap_or_default() {
+                results[i] = Some((s, secs));
+            }
         }
+    });
+    for ((name, _), result) in detectors.iter().zip(results) {
+        let Some((mut s, secs)) = result else {
+            anyhow::bail!("the evaluation of {name} failed");
+        };
         let (found, total) = s.found.values().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
         let precision = if s.detections == 0 {
             f64::NAN
         } else {
             (s.detections - s.false_positives) as f64 / s.detections as f64
         };
-        let series = s.fp_per_series.len() as f64;
-        let worst = s.fp_per_series.iter().copied().max().unwrap_or(0) as f64 / eval_weeks;
+        let apis = s.fp_per_api.len() as f64;
+        let worst = s.fp_per_api.iter().copied().max().unwrap_or(0) as f64 / eval_weeks;
         println!(
             "| {name} | {} | {:.3} | {:.3} ({found}/{total}) | {:.3} ({}/{}) | {:.3}, {:.1} | {} | {:.0} / {:.0} min | {:.1} s |",
             s.detections,
@@ -575,16 +759,17 @@ pub fn run(seed: u64, n_apis: usize, weeks: i64) -> anyhow::Result<()> {
             s.strong_bursts.0 as f64 / s.strong_bursts.1.max(1) as f64,
             s.strong_bursts.0,
             s.strong_bursts.1,
-            s.false_positives as f64 / (series * eval_weeks),
+            s.false_positives as f64 / (apis * eval_weeks),
             worst,
             s.spike_traps,
             median(&mut s.delays),
             median(&mut s.strong_delays),
-            t0.elapsed().as_secs_f64(),
+            secs,
         );
         if std::env::var_os("OPENTRAIL_INSIGHTS_DEBUG").is_some() {
             println!("    false by kind: {:?}", s.fp_by_kind);
             println!("    false by week: {:?}", s.fp_by_week);
+            println!("    found by kind of API: {:?}", s.by_api);
             println!(
                 "    bursts (factor, minutes) -> found/total: {:?}",
                 s.bursts

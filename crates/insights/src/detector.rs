@@ -9,14 +9,17 @@
 //!    quiet Sunday). Within an hour the rate is interpolated between hour centres, and it never
 //!    drops below a floor (a tenth of the overall mean, at least one call a day).
 //! 2. **Excess.** Each minute, the excess over their expected count of the windows of the last
-//!    1, 3, 15 and 60 minutes.
+//!    1, 3, 15 and 60 minutes. In the 15- and 60-minute windows a minute counts for at most
+//!    `2k - 1` times its expected count (and at least one call): they look for sustained
+//!    rises, and a quiet API's clumps must not add up to one there.
 //! 3. **Threshold.** One window's excess must reach the largest of: a ratio term (`k - 1` times
 //!    the expected count: "k times the normal rate"), a noise term (`z` standard deviations of
 //!    an over-dispersed Poisson count, the dispersion learned from the residuals), a
 //!    calibration term (`margin` times the window's normal peak: the level its daily maximum
 //!    excess reaches once or twice a week, extrapolated along a Gumbel tail while the history
 //!    is shorter than that, so a quiet API that is called in clumps of ten once a day does not
-//!    alarm on its daily clump), and an absolute minimum of calls.
+//!    alarm on its daily clump; for a sparse API, one called in fewer than one minute in ten,
+//!    the level is always the largest day's), and an absolute minimum of calls.
 //! 4. **Hysteresis.** An episode starts when a window reaches its threshold and ends only after
 //!    `cooldown` minutes without a "hot" minute (one where the 1-, 3- or 15-minute window is at
 //!    `end_fraction` of its threshold) and once no window is. So one burst gives one Start and
@@ -42,6 +45,21 @@ pub const HISTORY: usize = 60;
 /// The windows whose excess keeps a minute "hot" (the sixty-minute window lags too far behind
 /// the end of an anomaly to say when it ended).
 const HOT_WINDOWS: usize = 3;
+/// The first of the long windows ([`WINDOWS`]), in which a minute counts for at most its
+/// expected count plus twice the excess the ratio term asks of it (`1 + 2(k - 1)` times its
+/// expected count), and at least one call. A sustained rise is found from many minutes each
+/// somewhat above normal; without the cap, two clumps of a quiet API in one hour looked like
+/// one.
+const FIRST_LONG: usize = 2;
+/// A series with calls in fewer than this share of its minutes is sparse: each of its daily
+/// peaks rests on a few clumps, and the second-largest day of a week is too low a level to
+/// calibrate on, so it calibrates on the largest.
+pub const SPARSE_SHARE: f64 = 0.1;
+
+/// A minute's count `x` as the long windows see it, expecting `mu`, for the ratio `k`.
+fn capped(x: f64, mu: f64, k: f64) -> f64 {
+    x.min(((2.0 * k - 1.0) * mu).ceil().max(1.0))
+}
 
 /// How eager the detector is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -84,7 +102,7 @@ impl Sensitivity {
             },
             Self::Medium => Params::default(),
             Self::High => Params {
-                margin: 1.25,
+                margin: 1.1,
                 ..Params::default()
             },
         }
@@ -115,7 +133,7 @@ impl Default for Params {
         Self {
             k: 1.75,
             z: 4.0,
-            margin: 1.5,
+            margin: 1.25,
             min_excess: 4.0,
             end_fraction: 0.5,
             cooldown: 5,
@@ -149,6 +167,8 @@ pub struct Baseline {
     pub minutes: i64,
     /// Calls counted over the usable minutes.
     pub total: u64,
+    /// Share of the usable minutes with at least one call.
+    pub active_share: f64,
 }
 
 /// Mean of the usable minutes of an hour, when at least half of it is usable.
@@ -177,8 +197,14 @@ impl Baseline {
     /// Learns from `counts`, the per-minute counts of minutes `[first_minute, first_minute +
     /// counts.len())`. `usable(minute)` is false for minutes that must not shape the baseline
     /// (earlier anomalies). `first_minute` is rounded down to an hour by the caller's choice of
-    /// window; counts before it are simply absent.
-    pub fn learn(first_minute: i64, counts: &[u32], usable: impl Fn(i64) -> bool) -> Self {
+    /// window; counts before it are simply absent. The long windows' normal peaks depend on
+    /// `p.k`, which caps what a minute counts for in them.
+    pub fn learn(
+        first_minute: i64,
+        counts: &[u32],
+        usable: impl Fn(i64) -> bool,
+        p: &Params,
+    ) -> Self {
         let aligned = first_minute - first_minute.rem_euclid(MINUTES_PER_HOUR);
         let until = first_minute + counts.len() as i64;
         let lead = usize::try_from(first_minute - aligned).unwrap_or(0);
@@ -187,7 +213,7 @@ impl Baseline {
         let hours = total_len.div_ceil(60);
         let mut minute_counts = vec![0u32; hours * 60];
         let mut minute_usable = vec![false; hours * 60];
-        let (mut total, mut minutes) = (0u64, 0i64);
+        let (mut total, mut minutes, mut active) = (0u64, 0i64, 0i64);
         for (i, c) in counts.iter().enumerate() {
             let m = first_minute + i as i64;
             if usable(m) {
@@ -195,6 +221,7 @@ impl Baseline {
                 minute_usable[lead + i] = true;
                 total += u64::from(*c);
                 minutes += 1;
+                active += i64::from(*c > 0);
             }
         }
         let hour_means: Vec<Option<f64>> = (0..hours)
@@ -221,6 +248,11 @@ impl Baseline {
             daily_peaks: Default::default(),
             minutes,
             total,
+            active_share: if minutes > 0 {
+                active as f64 / minutes as f64
+            } else {
+                0.0
+            },
         };
         let first_hour = aligned.div_euclid(MINUTES_PER_HOUR);
         let last_hour = until.div_euclid(MINUTES_PER_HOUR) + 2;
@@ -242,24 +274,28 @@ impl Baseline {
             b.dispersion = (sq / mu_sum).clamp(1.0, 1.0e6);
         }
         // Daily maxima of each window's excess, days counted back from `until`. Prefix sums
-        // of counts, expected counts and unusable minutes make every window O(1).
+        // of counts (as they are and as the long windows cap them), expected counts and
+        // unusable minutes make every window O(1).
         let n = counts.len();
         let mut pc = vec![0.0f64; n + 1];
+        let mut pcc = vec![0.0f64; n + 1];
         let mut pe = vec![0.0f64; n + 1];
         let mut pu = vec![0u32; n + 1];
         for i in 0..n {
             pc[i + 1] = pc[i] + f64::from(counts[i]);
+            pcc[i + 1] = pcc[i] + capped(f64::from(counts[i]), expected[i], p.k);
             pe[i + 1] = pe[i] + expected[i];
             pu[i + 1] = pu[i] + u32::from(!minute_usable[lead + i]);
         }
         for (slot, w) in WINDOWS.iter().copied().enumerate() {
+            let sums = if slot >= FIRST_LONG { &pcc } else { &pc };
             let mut daily: Vec<f64> = Vec::new();
             let mut day_max = f64::NEG_INFINITY;
             let mut day_len = 0i64;
             for i in (w.saturating_sub(1)..n).rev() {
                 let a = i + 1 - w;
                 if pu[i + 1] == pu[a] {
-                    let x = pc[i + 1] - pc[a];
+                    let x = sums[i + 1] - sums[a];
                     let mu = pe[i + 1] - pe[a];
                     day_max = day_max.max((x - mu) / (mu + 1.0).sqrt());
                 }
@@ -351,7 +387,12 @@ impl Baseline {
         if days == 0 {
             return 0.0;
         }
-        let period = 7.0 / (p.peak_rank as f64 + 1.0);
+        let rank = if self.active_share < SPARSE_SHARE {
+            0
+        } else {
+            p.peak_rank
+        };
+        let period = 7.0 / (rank as f64 + 1.0);
         // The k-th largest of `days` maxima is about the once-in-`days / (k + 1)` level.
         let k = ((days as f64 / period).floor() as usize)
             .saturating_sub(1)
@@ -427,7 +468,14 @@ impl Tracker {
         // Each window's excess over its threshold, for the windows the history covers.
         let mut excess = [0.0f64; WINDOWS.len()];
         let mut threshold = [f64::INFINITY; WINDOWS.len()];
-        let (mut sum_x, mut sum_mu, mut covered) = (0.0f64, 0.0f64, 0usize);
+        let count = |slot: usize, i: usize| {
+            if slot >= FIRST_LONG {
+                capped(f64::from(x[i]), mu[i], p.k)
+            } else {
+                f64::from(x[i])
+            }
+        };
+        let (mut sum_x, mut sum_capped, mut sum_mu, mut covered) = (0.0f64, 0.0f64, 0.0f64, 0);
         for slot in 0..WINDOWS.len() {
             let w = WINDOWS[slot];
             if w > n {
@@ -435,10 +483,16 @@ impl Tracker {
             }
             for i in n - w..n - covered {
                 sum_x += f64::from(x[i]);
+                sum_capped += capped(f64::from(x[i]), mu[i], p.k);
                 sum_mu += mu[i];
             }
             covered = w;
-            excess[slot] = sum_x - sum_mu;
+            let sum = if slot >= FIRST_LONG {
+                sum_capped
+            } else {
+                sum_x
+            };
+            excess[slot] = sum - sum_mu;
             threshold[slot] = baseline.threshold(sum_mu, slot, p);
         }
         let over = |slot: usize, fraction: f64| excess[slot] >= fraction * threshold[slot];
@@ -470,7 +524,7 @@ impl Tracker {
                     // A sustained rise starts where the window's largest suffix excess does.
                     let (mut best, mut at, mut acc) = (f64::NEG_INFINITY, n - 1, 0.0);
                     for i in (n - w..n).rev() {
-                        acc += f64::from(x[i]) - mu[i];
+                        acc += count(slot, i) - mu[i];
                         if acc > best {
                             best = acc;
                             at = i;
@@ -567,10 +621,17 @@ impl Runner {
 
     /// Learns the baseline for `hour` from the counts of `[from, hour)` (and, for an error
     /// series, its API's call counts over the same minutes).
-    pub fn learn(&mut self, from: i64, hour: i64, counts: &[u32], calls: Option<&[u32]>) {
+    pub fn learn(
+        &mut self,
+        from: i64,
+        hour: i64,
+        counts: &[u32],
+        calls: Option<&[u32]>,
+        p: &Params,
+    ) {
         let excluded = self.excluded(hour);
         let usable = |m: i64| !excluded.iter().any(|(a, b)| (*a..*b).contains(&m));
-        let baseline = Baseline::learn(from, counts, usable);
+        let baseline = Baseline::learn(from, counts, usable, p);
         let error_ratio = calls.map(|c| {
             let total: u64 = c
                 .iter()
@@ -664,7 +725,7 @@ mod tests {
 
     #[test]
     fn a_flat_series_expects_its_rate() {
-        let b = Baseline::learn(0, &flat(7, 10), |_| true);
+        let b = Baseline::learn(0, &flat(7, 10), |_| true, &Params::default());
         let e = b.expected(7 * MINUTES_PER_DAY + 5);
         assert!((e - 10.0).abs() < 1e-9, "{e}");
         assert!((b.mean - 10.0).abs() < 1e-9);
@@ -686,7 +747,7 @@ mod tests {
                 }
             })
             .collect();
-        let b = Baseline::learn(0, &counts, |_| true);
+        let b = Baseline::learn(0, &counts, |_| true, &Params::default());
         let day = 7 * MINUTES_PER_DAY;
         assert!((b.expected(day + 12 * 60) - 20.0).abs() < 1e-9);
         let floor = b.mean / 10.0;
@@ -698,7 +759,7 @@ mod tests {
 
     #[test]
     fn one_burst_gives_one_start_and_one_end() {
-        let b = Baseline::learn(0, &flat(7, 10), |_| true);
+        let b = Baseline::learn(0, &flat(7, 10), |_| true, &Params::default());
         let t0 = 7 * MINUTES_PER_DAY;
         let mut s = vec![10u32; 60];
         for c in &mut s[20..26] {
@@ -720,7 +781,7 @@ mod tests {
 
     #[test]
     fn normal_noise_and_small_rises_do_not_alarm() {
-        let b = Baseline::learn(0, &flat(7, 10), |_| true);
+        let b = Baseline::learn(0, &flat(7, 10), |_| true, &Params::default());
         let t0 = 7 * MINUTES_PER_DAY;
         let s: Vec<u32> = (0..600).map(|i| if i % 7 == 0 { 18 } else { 10 }).collect();
         assert!(run(&b, t0, &s, &Params::default()).is_empty());
@@ -733,7 +794,7 @@ mod tests {
         for d in 0..7 {
             counts[(d * MINUTES_PER_DAY + 100 + d * 97) as usize] = 8;
         }
-        let b = Baseline::learn(0, &counts, |_| true);
+        let b = Baseline::learn(0, &counts, |_| true, &Params::default());
         assert!(b.normal_peak(0, &Params::default()) >= 7.0);
         let t0 = 7 * MINUTES_PER_DAY;
         let mut s = vec![0u32; 120];
@@ -761,8 +822,8 @@ mod tests {
         };
         let week: Vec<u32> = (0..7).flat_map(day).collect();
         let p = Params::default();
-        let old = Baseline::learn(0, &week, |_| true);
-        let young = Baseline::learn(0, &day(0), |_| true);
+        let old = Baseline::learn(0, &week, |_| true, &Params::default());
+        let young = Baseline::learn(0, &day(0), |_| true, &Params::default());
         assert_eq!(old.daily_peaks[0].len(), 7);
         assert_eq!(young.daily_peaks[0].len(), 1);
         assert!(young.normal_peak(0, &p) > young.daily_peaks[0][0] * 1.2);
@@ -778,7 +839,7 @@ mod tests {
         for d in 0..7 {
             counts[(d * MINUTES_PER_DAY + 100 + d * 97) as usize] = 4 + d as u32 % 5;
         }
-        let b = Baseline::learn(0, &counts, |_| true);
+        let b = Baseline::learn(0, &counts, |_| true, &Params::default());
         let t0 = 7 * MINUTES_PER_DAY;
         let mut s = vec![0u32; 240];
         for c in &mut s[60..120] {
@@ -797,6 +858,43 @@ mod tests {
     }
 
     #[test]
+    fn two_normal_clumps_in_one_hour_are_not_a_sustained_rise() {
+        // Called in one clump of 8 a day; then two such clumps in one hour. Counted as they
+        // are, the hour holds twice its normal peak; the long windows count each minute once.
+        let mut counts = flat(7, 0);
+        for d in 0..7 {
+            counts[(d * MINUTES_PER_DAY + 100 + d * 97) as usize] = 8;
+        }
+        let b = Baseline::learn(0, &counts, |_| true, &Params::default());
+        assert!(b.active_share < SPARSE_SHARE);
+        let t0 = 7 * MINUTES_PER_DAY;
+        let mut s = vec![0u32; 120];
+        s[10] = 8;
+        s[40] = 8;
+        assert!(run(&b, t0, &s, &Params::default()).is_empty());
+    }
+
+    #[test]
+    fn a_sparse_api_calibrates_on_its_largest_day() {
+        // One clump a day, of 3 to 9 calls: its second-largest day (8) is not its normal peak.
+        let mut counts = flat(7, 0);
+        for (d, size) in [3u32, 9, 4, 5, 8, 3, 4].iter().enumerate() {
+            counts[d * MINUTES_PER_DAY as usize + 300] = *size;
+        }
+        let b = Baseline::learn(0, &counts, |_| true, &Params::default());
+        let peak = b.normal_peak(0, &Params::default());
+        assert!((peak - b.daily_peaks[0][0]).abs() < 1e-9, "{peak}");
+        assert!(peak > 8.5, "{peak}");
+        // A busy series with the same shape of peaks calibrates on its second-largest day.
+        let mut busy = flat(7, 10);
+        for (d, size) in [13u32, 19, 14, 15, 18, 13, 14].iter().enumerate() {
+            busy[d * MINUTES_PER_DAY as usize + 300] = *size;
+        }
+        let b = Baseline::learn(0, &busy, |_| true, &Params::default());
+        assert!((b.normal_peak(0, &Params::default()) - b.daily_peaks[0][1]).abs() < 1e-9);
+    }
+
+    #[test]
     fn excluded_minutes_do_not_shape_the_baseline() {
         let mut counts = flat(7, 10);
         // An earlier anomaly at the same clock hour on one day.
@@ -804,7 +902,7 @@ mod tests {
             *c = 500;
         }
         let excluded = 6 * MINUTES_PER_DAY..6 * MINUTES_PER_DAY + 120;
-        let b = Baseline::learn(0, &counts, |m| !excluded.contains(&m));
+        let b = Baseline::learn(0, &counts, |m| !excluded.contains(&m), &Params::default());
         assert!((b.expected(7 * MINUTES_PER_DAY + 30) - 10.0).abs() < 1e-9);
         assert!(b.normal_peak(1, &Params::default()).abs() < 1e-9);
     }
@@ -818,7 +916,7 @@ mod tests {
                 counts[(d * MINUTES_PER_DAY + 600 + d * 7 + m) as usize] = 25 + d as u32;
             }
         }
-        let b = Baseline::learn(0, &counts, |_| true);
+        let b = Baseline::learn(0, &counts, |_| true, &Params::default());
         for (slot, w) in WINDOWS.iter().enumerate() {
             let t = |s: Sensitivity| b.threshold(10.0 * *w as f64, slot, &s.params());
             let (high, medium, low) = (

@@ -296,7 +296,7 @@ impl Engine {
                         Some((cid, _)) => Some(self.counters.counts(*cid, from, hour)?),
                         None => None,
                     };
-                    runner.learn(from, hour, &window, calls_window.as_deref());
+                    runner.learn(from, hour, &window, calls_window.as_deref(), &self.params);
                 }
                 let a = (i + 1).saturating_sub(HISTORY);
                 let cx = calls.as_ref().map(|(_, c)| &c[a..=i]);
