@@ -353,25 +353,39 @@ fn oracle_scores(series: &[u32], moments: &[(f64, f64)]) -> Vec<f64> {
 /// Episodes of `scores` over `tau` from minute `from`: Start on the first minute over it, End
 /// after five minutes under it (as the simple baseline).
 fn oracle_episodes(scores: &[f64], from: i64, tau: f64) -> Vec<Detection> {
-    let (mut active, mut calm, mut out) = (false, 0, Vec::new());
+    let mut episodes = Episodes::default();
     for (i, z) in scores
         .iter()
         .enumerate()
         .skip(usize::try_from(from).unwrap_or(0))
     {
-        let over = *z > tau;
-        if !active && over {
-            active = true;
-            calm = 0;
-            out.push(Detection { decided: i as i64 });
-        } else if active {
-            calm = if over { 0 } else { calm + 1 };
-            if calm >= 5 {
-                active = false;
+        episodes.step(i as i64, *z > tau);
+    }
+    episodes.starts
+}
+
+/// The simple detectors' episodes: Start on a minute over the threshold, End after five
+/// minutes under it.
+#[derive(Default)]
+struct Episodes {
+    active: bool,
+    calm: u32,
+    starts: Vec<Detection>,
+}
+
+impl Episodes {
+    fn step(&mut self, minute: i64, over: bool) {
+        if !self.active && over {
+            self.active = true;
+            self.calm = 0;
+            self.starts.push(Detection { decided: minute });
+        } else if self.active {
+            self.calm = if over { 0 } else { self.calm + 1 };
+            if self.calm >= 5 {
+                self.active = false;
             }
         }
     }
-    out
 }
 
 /// Runs the oracle over API `i`'s call series, or its error series.
@@ -449,8 +463,7 @@ fn run_ours(series: &[u32], calls: Option<&[u32]>, from: i64, params: &Params) -
 /// The simple baseline: Start when a minute exceeds the trailing hour's mean + `k`σ; End after
 /// five minutes back under it.
 fn run_simple(series: &[u32], from: i64, k: f64) -> Vec<Detection> {
-    let mut out = Vec::new();
-    let (mut active, mut calm) = (false, 0);
+    let mut episodes = Episodes::default();
     let w = MINUTES_PER_HOUR as usize;
     let (mut sum, mut sq) = (0.0f64, 0.0f64);
     for (i, c) in series.iter().enumerate() {
@@ -460,16 +473,7 @@ fn run_simple(series: &[u32], from: i64, k: f64) -> Vec<Detection> {
             let sd = (sq / w as f64 - mean * mean).max(0.0).sqrt();
             let over = x > mean + k * sd;
             if i as i64 >= from {
-                if !active && over {
-                    active = true;
-                    calm = 0;
-                    out.push(Detection { decided: i as i64 });
-                } else if active {
-                    calm = if over { 0 } else { calm + 1 };
-                    if calm >= 5 {
-                        active = false;
-                    }
-                }
+                episodes.step(i as i64, over);
             }
             let old = f64::from(series[i - w]);
             sum -= old;
@@ -478,7 +482,7 @@ fn run_simple(series: &[u32], from: i64, k: f64) -> Vec<Detection> {
         sum += x;
         sq += x * x;
     }
-    out
+    episodes.starts
 }
 
 #[derive(Default)]

@@ -706,6 +706,16 @@ mod tests {
         vec![rate; usize::try_from(days * MINUTES_PER_DAY).unwrap_or(0)]
     }
 
+    /// A week of an API called once a day, at a different time each day, in a clump of
+    /// `size(day)` calls.
+    fn daily_clumps(size: impl Fn(i64) -> u32) -> Vec<u32> {
+        let mut counts = flat(7, 0);
+        for d in 0..7 {
+            counts[(d * MINUTES_PER_DAY + 100 + d * 97) as usize] = size(d);
+        }
+        counts
+    }
+
     fn run(baseline: &Baseline, t0: i64, series: &[u32], p: &Params) -> Vec<(i64, Transition)> {
         let mut tr = Tracker::default();
         let mut out = Vec::new();
@@ -790,11 +800,7 @@ mod tests {
     #[test]
     fn a_quiet_api_with_daily_clumps_is_calibrated() {
         // Called in a clump of 8 once a day at a different time: the clumps are its normal.
-        let mut counts = flat(7, 0);
-        for d in 0..7 {
-            counts[(d * MINUTES_PER_DAY + 100 + d * 97) as usize] = 8;
-        }
-        let b = Baseline::learn(0, &counts, |_| true, &Params::default());
+        let b = Baseline::learn(0, &daily_clumps(|_| 8), |_| true, &Params::default());
         assert!(b.normal_peak(0, &Params::default()) >= 7.0);
         let t0 = 7 * MINUTES_PER_DAY;
         let mut s = vec![0u32; 120];
@@ -835,11 +841,12 @@ mod tests {
     fn a_quiet_rise_over_an_hour_is_found_by_the_long_window() {
         // Called in a clump of up to 8 once a day; then 2 calls a minute for an hour: no minute
         // and no three minutes beat its clumps, the hour does.
-        let mut counts = flat(7, 0);
-        for d in 0..7 {
-            counts[(d * MINUTES_PER_DAY + 100 + d * 97) as usize] = 4 + d as u32 % 5;
-        }
-        let b = Baseline::learn(0, &counts, |_| true, &Params::default());
+        let b = Baseline::learn(
+            0,
+            &daily_clumps(|d| 4 + d as u32 % 5),
+            |_| true,
+            &Params::default(),
+        );
         let t0 = 7 * MINUTES_PER_DAY;
         let mut s = vec![0u32; 240];
         for c in &mut s[60..120] {
@@ -861,11 +868,7 @@ mod tests {
     fn two_normal_clumps_in_one_hour_are_not_a_sustained_rise() {
         // Called in one clump of 8 a day; then two such clumps in one hour. Counted as they
         // are, the hour holds twice its normal peak; the long windows count each minute once.
-        let mut counts = flat(7, 0);
-        for d in 0..7 {
-            counts[(d * MINUTES_PER_DAY + 100 + d * 97) as usize] = 8;
-        }
-        let b = Baseline::learn(0, &counts, |_| true, &Params::default());
+        let b = Baseline::learn(0, &daily_clumps(|_| 8), |_| true, &Params::default());
         assert!(b.active_share < SPARSE_SHARE);
         let t0 = 7 * MINUTES_PER_DAY;
         let mut s = vec![0u32; 120];
